@@ -1,0 +1,3 @@
+"""cvae-mnist"""
+
+__version__ = "0.1"

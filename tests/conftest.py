@@ -1,0 +1,18 @@
+import pytest
+import torch
+
+from mnist_fixtures import tiny_mnist_files
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # Tests run tiny tensors: extra threads only add overhead on a 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_raw() -> dict[str, bytes]:
+    return tiny_mnist_files()

@@ -1,0 +1,62 @@
+import io
+
+import pytest
+import torch
+
+from cvae_mnist.errors import ModelFileError
+from cvae_mnist.inference import generate, load_model, reconstruct
+from cvae_mnist.model import CVAE, CVAEConfig, to_checkpoint
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return CVAE(CVAEConfig(latent_dim=8, base_channels=4))
+
+
+def test_forward_shapes(model):
+    x, y = torch.rand(5, 1, 28, 28), torch.arange(5)
+    logits, mu, logvar = model(x, y)
+    assert logits.shape == (5, 1, 28, 28)
+    assert mu.shape == logvar.shape == (5, 8)
+
+
+def test_reparameterize_uses_the_standard_deviation():
+    torch.manual_seed(0)
+    mu, logvar = torch.zeros(200_000, 1), torch.full((200_000, 1), 2.0)
+    z = CVAE.reparameterize(mu, logvar)
+    # std = exp(0.5 * 2) = e; the report's exp(logvar) would give e^2
+    assert z.std().item() == pytest.approx(torch.e, rel=0.01)
+
+
+def test_checkpoint_roundtrip_with_weights_only(model):
+    buffer = io.BytesIO()
+    torch.save(to_checkpoint(model), buffer)
+    buffer.seek(0)
+    restored = load_model(torch.load(buffer, weights_only=True))
+    assert restored.config == model.config
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(restored.state_dict()[name], tensor)
+
+
+def test_checkpoint_with_a_mismatched_config_is_reported(model):
+    checkpoint = to_checkpoint(model)
+    checkpoint["config"]["latent_dim"] = 16
+    with pytest.raises(ModelFileError, match=r"cvae_model does not match its saved config .*latent_dim': 16"):
+        load_model(checkpoint)
+
+
+def test_reconstruct_and_generate_shapes_and_range(model):
+    images, labels = torch.rand(7, 1, 28, 28), torch.arange(7)
+    logits = reconstruct(model, images, labels, batch_size=3, device=torch.device("cpu"))
+    assert logits.shape == (7, 1, 28, 28)
+    generated = generate(model, labels, seed=0, device=torch.device("cpu"))
+    assert generated.shape == (7, 1, 28, 28)
+    assert 0.0 <= generated.min() and generated.max() <= 1.0
+
+
+def test_generate_is_deterministic_per_seed(model):
+    labels = torch.tensor([3, 3])
+    first = generate(model, labels, seed=5, device=torch.device("cpu"))
+    assert torch.equal(first, generate(model, labels, seed=5, device=torch.device("cpu")))
+    assert not torch.equal(first, generate(model, labels, seed=6, device=torch.device("cpu")))

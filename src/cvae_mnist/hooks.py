@@ -1,0 +1,58 @@
+"""Project hooks: parameter validation before a run, and the wall time of each node."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import mlflow
+from kedro.framework.hooks import hook_impl
+from kedro.pipeline.node import Node
+
+from cvae_mnist.config import validate_parameters
+
+logger = logging.getLogger(__name__)
+
+
+class ValidateParametersHook:
+    """Reject bad parameters once, before any dataset is loaded or run is tracked."""
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        validate_parameters(context.params)
+
+
+class NodeTimingHook:
+    """Log each node's wall time, a summary at the end, and log it to the MLflow run."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        self._started.clear()
+        self.seconds.clear()
+        self._run_started = time.perf_counter()
+
+    @hook_impl
+    def before_node_run(self, node: Node) -> None:
+        self._started[node.name] = time.perf_counter()
+
+    @hook_impl
+    def after_node_run(self, node: Node) -> None:
+        self.seconds[node.name] = time.perf_counter() - self._started.pop(node.name)
+        logger.info("%s took %.2f s", node.name, self.seconds[node.name])
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        total = time.perf_counter() - self._run_started
+        lines = [
+            f"  {seconds:8.2f} s  {seconds / total:6.1%}  {name}" for name, seconds in self.seconds.items()
+        ]
+        logger.info("Wall time of the run: %.2f s\n%s", total, "\n".join(lines))
+        if mlflow.active_run() is not None:
+            mlflow.log_metrics(
+                {f"seconds.{name}": s for name, s in self.seconds.items()} | {"seconds.total": total}
+            )

@@ -1,0 +1,48 @@
+"""The evaluation pipeline: ``cvae_model``, ``mnist_test`` -> metrics and figures."""
+
+from kedro.pipeline import Pipeline, node
+
+from cvae_mnist.pipelines.evaluation.nodes import (
+    evaluate_reconstructions,
+    metrics_to_mlflow,
+    plot_generated_digits,
+    plot_reconstructions,
+    plot_training_curves,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                func=evaluate_reconstructions,
+                inputs=["cvae_model", "mnist_test", "params:evaluation"],
+                outputs="metrics",
+                name="evaluate_reconstructions_node",
+            ),
+            node(
+                func=metrics_to_mlflow,
+                inputs="metrics",
+                outputs="test_metrics",
+                name="log_metrics_node",
+            ),
+            node(
+                func=plot_reconstructions,
+                inputs=["cvae_model", "mnist_test", "params:evaluation"],
+                outputs="reconstructions_figure",
+                name="plot_reconstructions_node",
+            ),
+            node(
+                func=plot_generated_digits,
+                inputs=["cvae_model", "params:evaluation", "params:seed"],
+                outputs="generated_digits_figure",
+                name="plot_generated_digits_node",
+            ),
+            node(
+                func=plot_training_curves,
+                inputs="training_history",
+                outputs="training_curves_figure",
+                name="plot_training_curves_node",
+            ),
+        ]
+    )

@@ -1,0 +1,24 @@
+"""The training pipeline: ``mnist_train``, ``mnist_test`` -> ``cvae_model``."""
+
+from kedro.pipeline import Pipeline, node
+
+from cvae_mnist.pipelines.training.nodes import history_to_mlflow_metrics, train_cvae
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                func=train_cvae,
+                inputs=["mnist_train", "mnist_test", "params:model", "params:training", "params:seed"],
+                outputs=["cvae_model", "training_history"],
+                name="train_cvae_node",
+            ),
+            node(
+                func=history_to_mlflow_metrics,
+                inputs="training_history",
+                outputs="training_metrics",
+                name="log_training_history_node",
+            ),
+        ]
+    )

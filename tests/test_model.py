@@ -21,6 +21,14 @@ def test_forward_shapes(model):
     assert mu.shape == logvar.shape == (5, 8)
 
 
+def test_label_lookup_computes_the_same_encoding(model):
+    x, y = torch.rand(6, 1, 28, 28), torch.tensor([0, 3, 3, 9, 1, 7])
+    plain = model.encode(x, y)
+    model.label_lookup = True
+    for fast, reference in zip(model.encode(x, y), plain):
+        torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+
+
 def test_reparameterize_uses_the_standard_deviation():
     torch.manual_seed(0)
     mu, logvar = torch.zeros(200_000, 1), torch.full((200_000, 1), 2.0)

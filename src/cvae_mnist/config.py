@@ -69,7 +69,14 @@ class TrainingConfig:
     loss: str = knob("bce", one_of(*RECONSTRUCTION_LOSSES))
     beta: float = knob(1.0, NON_NEGATIVE_NUMBER)  # weight of the KL term
     device: str = knob("auto", one_of("auto", "cpu", "cuda", "mps"))
+    # Speed levers (benchmarks/train_speed.py measures them); false = the plain path.
     fused_bce: bool = knob(True, BOOLEAN)  # BCE on logits, not sigmoid + BCE
+    in_memory_batches: bool = knob(True, BOOLEAN)  # slice batches from tensors, not a DataLoader
+    label_lookup: bool = knob(True, BOOLEAN)  # first conv: label channels' response looked up per class
+    fused_adam: bool = knob(True, BOOLEAN)  # Adam's update in one fused kernel (CPU and CUDA)
+    channels_last: bool = knob(True, BOOLEAN)  # NHWC memory layout for the convolutions
+    mixed_precision: bool = knob(True, BOOLEAN)  # bf16 autocast where the hardware has bf16
+    compile: bool = knob(False, BOOLEAN)  # torch.compile the training step
     num_threads: int = knob(0, NON_NEGATIVE_INT)  # torch intra-op threads; 0 = torch default
 
 

@@ -29,9 +29,10 @@ class CVAEConfig:
 class CVAE(nn.Module):
     """Conditional VAE: ``forward(x, y)`` returns ``(logits, mu, logvar)``."""
 
-    def __init__(self, config: CVAEConfig) -> None:
+    def __init__(self, config: CVAEConfig, label_lookup: bool = False) -> None:
         super().__init__()
         self.config = config
+        self.label_lookup = label_lookup  # same function, computed faster; see encode()
         c, k = config.base_channels, config.num_classes
         self.feature_size = config.image_size // 4
         flat = 2 * c * self.feature_size**2
@@ -57,8 +58,24 @@ class CVAE(nn.Module):
         return F.one_hot(labels, self.config.num_classes).to(self.fc_mu.weight.dtype)
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.one_hot(labels)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
-        h = self.encoder(torch.cat([x, y.to(x.dtype)], dim=1))
+        if not self.label_lookup:
+            y = self.one_hot(labels)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+            h = self.encoder(torch.cat([x, y.to(x.dtype)], dim=1))
+        else:
+            # A convolution is linear in its input channels, and the label channels take
+            # only num_classes values: convolve the image channel, then add the label
+            # channels' response, computed once per class instead of once per image.
+            conv = self.encoder[0]
+            k = self.config.num_classes
+            label_maps = torch.eye(k, device=x.device)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+            per_class = F.conv2d(label_maps, conv.weight[:, 1:], None, conv.stride, conv.padding)
+            h = F.conv2d(x, conv.weight[:, :1], conv.bias, conv.stride, conv.padding)
+            # one-hot @ table picks each image's response (its backward is a GEMM, not a
+            # scatter), laid out channels-last like the convolution's output
+            table = per_class.permute(0, 2, 3, 1).flatten(1).to(h.dtype)
+            rows = self.one_hot(labels).to(h.dtype) @ table
+            h = h + rows.view(len(labels), *h.shape[2:], h.shape[1]).permute(0, 3, 1, 2)
+            h = self.encoder[1:](h)
         return self.fc_mu(h), self.fc_logvar(h)
 
     @staticmethod

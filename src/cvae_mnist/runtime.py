@@ -29,3 +29,20 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds CUDA and MPS
     return torch.Generator().manual_seed(seed)
+
+
+def mixed_precision_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype worth using on ``device``, or None where it would not pay.
+
+    bf16 on a CPU with native bf16 instructions (AVX512-BF16 or AMX) and on a CUDA GPU
+    that supports it; None elsewhere (older CPUs emulate bf16 slowly; MPS is left in fp32).
+    """
+    if device.type == "cpu":
+        native = (
+            getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+            or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        )
+        return torch.bfloat16 if native else None
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None

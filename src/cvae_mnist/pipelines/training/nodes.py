@@ -7,79 +7,127 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from cvae_mnist.config import TrainingConfig, parse_section, parse_seed
 from cvae_mnist.errors import TrainingDivergedError
 from cvae_mnist.losses import cvae_loss
 from cvae_mnist.model import CVAE, CVAEConfig, to_checkpoint
-from cvae_mnist.runtime import seed_everything, select_device
+from cvae_mnist.runtime import mixed_precision_dtype, seed_everything, select_device
 
 logger = logging.getLogger(__name__)
 
 LOSS_TERMS = ("loss", "reconstruction", "kl")
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
-    """Index batches over ``n`` items, shuffled when a generator is given."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    yield from order.split(batch_size)
+def _batches(
+    data: dict[str, torch.Tensor], batch_size: int, generator: torch.Generator | None, in_memory: bool = True
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images, labels)`` batches, shuffled when a generator is given.
 
-
-def _train_epoch(
-    model: CVAE,
-    optimizer: torch.optim.Optimizer,
-    data: dict[str, torch.Tensor],
-    config: TrainingConfig,
-    generator: torch.Generator,
-    epoch: int,
-) -> dict[str, float]:
-    model.train()
-    sums = dict.fromkeys(LOSS_TERMS, 0.0)
-    n_batches = math.ceil(len(data["labels"]) / config.batch_size)
-    progress = tqdm(
-        _batches(len(data["labels"]), config.batch_size, generator),
-        total=n_batches,
-        desc=f"epoch {epoch}/{config.epochs}",
-        unit="batch",
-        mininterval=1.0 if sys.stderr.isatty() else 30.0,  # keep logs of non-interactive runs short
+    ``in_memory`` slices the batches out of the tensors; otherwise a ``DataLoader``
+    collates them sample by sample, as the report's code did.
+    """
+    images, labels = data["images"], data["labels"]
+    if not in_memory:
+        return DataLoader(
+            TensorDataset(images, labels),
+            batch_size=batch_size,
+            shuffle=generator is not None,
+            generator=generator,
+        )
+    order = (
+        torch.randperm(len(labels), generator=generator)
+        if generator is not None
+        else torch.arange(len(labels))
     )
-    for batch, index in enumerate(progress, start=1):
-        x, y = data["images"][index], data["labels"][index]
-        logits, mu, logvar = model(x, y)
-        loss, recon, kl = cvae_loss(logits, x, mu, logvar, config.loss, config.beta, config.fused_bce)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise TrainingDivergedError(
-                f"The training loss became {loss_value} at epoch {epoch}, batch {batch}. "
-                f"The learning rate (training.lr = {config.lr}) is the likely cause: lower it."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        for key, value in zip(LOSS_TERMS, (loss_value, recon.item(), kl.item())):
-            sums[key] += value * len(index)
-        if batch % 20 == 0:
-            progress.set_postfix(loss=f"{loss_value:.2f}", refresh=False)
-    return {key: total / len(data["labels"]) for key, total in sums.items()}
+    return ((images[index], labels[index]) for index in order.to(labels.device).split(batch_size))
 
 
-@torch.no_grad()
-def _test_epoch(model: CVAE, data: dict[str, torch.Tensor], config: TrainingConfig) -> dict[str, float]:
-    """The training objective on held-out data (one z sample per image, as in training)."""
-    model.eval()
-    sums = dict.fromkeys(LOSS_TERMS, 0.0)
-    for index in _batches(len(data["labels"]), config.test_batch_size, None):
-        x, y = data["images"][index], data["labels"][index]
-        logits, mu, logvar = model(x, y)
-        terms = cvae_loss(logits, x, mu, logvar, config.loss, config.beta, config.fused_bce)
-        for key, value in zip(LOSS_TERMS, terms):
-            sums[key] += value.item() * len(index)
-    return {key: total / len(data["labels"]) for key, total in sums.items()}
+@dataclass
+class Trainer:
+    """The model, its optimizer and the speed settings: one training step at a time."""
+
+    model: CVAE
+    optimizer: torch.optim.Optimizer
+    config: TrainingConfig
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None
+    _step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]] = field(init=False, repr=False)
+
+    @classmethod
+    def create(cls, model_config: CVAEConfig, config: TrainingConfig, device: torch.device) -> Trainer:
+        model = CVAE(model_config, label_lookup=config.label_lookup).to(device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        fused = config.fused_adam and device.type in {"cpu", "cuda"}
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=config.lr, betas=(config.momentum, 0.999), fused=fused
+        )
+        dtype = mixed_precision_dtype(device) if config.mixed_precision else None
+        return cls(model, optimizer, config, device, dtype)
+
+    def __post_init__(self) -> None:
+        self._step = torch.compile(self._plain_step) if self.config.compile else self._plain_step
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        ):
+            logits, mu, logvar = self.model(x, y)
+        c = self.config
+        return cvae_loss(logits, x, mu, logvar, kind=c.loss, beta=c.beta, fused=c.fused_bce)
+
+    def _plain_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        terms = self._forward(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms[0].backward()
+        self.optimizer.step()
+        return terms
+
+    def train_epoch(
+        self, data: dict[str, torch.Tensor], generator: torch.Generator, epoch: int
+    ) -> dict[str, float]:
+        """One pass over ``data``; returns the mean loss terms per image."""
+        self.model.train()
+        sums = dict.fromkeys(LOSS_TERMS, 0.0)
+        progress = tqdm(
+            _batches(data, self.config.batch_size, generator, self.config.in_memory_batches),
+            total=math.ceil(len(data["labels"]) / self.config.batch_size),
+            desc=f"epoch {epoch}/{self.config.epochs}",
+            unit="batch",
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,  # keep logs of non-interactive runs short
+        )
+        for batch, (x, y) in enumerate(progress, start=1):
+            terms = [value.item() for value in self._step(x.to(self.device), y.to(self.device))]
+            if not math.isfinite(terms[0]):
+                raise TrainingDivergedError(
+                    f"The training loss became {terms[0]} at epoch {epoch}, batch {batch}. "
+                    f"The learning rate (training.lr = {self.config.lr}) is the likely cause: lower it."
+                )
+            for key, value in zip(LOSS_TERMS, terms):
+                sums[key] += value * len(y)
+            if batch % 20 == 0:
+                progress.set_postfix(loss=f"{terms[0]:.2f}", refresh=False)
+        return {key: total / len(data["labels"]) for key, total in sums.items()}
+
+    @torch.no_grad()
+    def test_epoch(self, data: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The training objective on held-out data (one z sample per image, as in training)."""
+        self.model.eval()
+        sums = dict.fromkeys(LOSS_TERMS, 0.0)
+        for x, y in _batches(data, self.config.test_batch_size, None):
+            for key, value in zip(LOSS_TERMS, self._forward(x.to(self.device), y.to(self.device))):
+                sums[key] += value.item() * len(y)
+        return {key: total / len(data["labels"]) for key, total in sums.items()}
 
 
 def train_cvae(
@@ -108,18 +156,23 @@ def train_cvae(
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = select_device(config.device)
-    logger.info("Training on %s with %d threads", device, torch.get_num_threads())
-
-    model = CVAE(model_config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.momentum, 0.999))
+    trainer = Trainer.create(model_config, config, device)
+    logger.info(
+        "Training on %s (%d threads, autocast %s, channels_last %s, compile %s)",
+        device,
+        torch.get_num_threads(),
+        trainer.autocast_dtype,
+        config.channels_last,
+        config.compile,
+    )
     train = {key: value.to(device) for key, value in mnist_train.items()}
     test = {key: value.to(device) for key, value in mnist_test.items()}
 
     history: dict[str, list[float]] = {"epoch": [], "seconds": []}
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
-        train_terms = _train_epoch(model, optimizer, train, config, generator, epoch)
-        test_terms = _test_epoch(model, test, config)
+        train_terms = trainer.train_epoch(train, generator, epoch)
+        test_terms = trainer.test_epoch(test)
         history["epoch"].append(epoch)
         history["seconds"].append(time.perf_counter() - started)
         for split, terms in (("train", train_terms), ("test", test_terms)):
@@ -133,7 +186,8 @@ def train_cvae(
             test_terms["loss"],
             history["seconds"][-1],
         )
-    return to_checkpoint(model.cpu()), history
+    model = trainer.model.cpu().to(memory_format=torch.contiguous_format)
+    return to_checkpoint(model), history
 
 
 def history_to_mlflow_metrics(training_history: dict[str, list[float]]) -> dict[str, list[dict[str, float]]]:

@@ -1,0 +1,191 @@
+"""Training speed: the report's training loop against ours, side by side in one process.
+
+Run from the project root after `kedro run --pipeline data_ingestion` (or any full run):
+
+    .venv/bin/python benchmarks/train_speed.py            # or: make benchmark
+
+Both loops train the report's CVAE (latent 100, batch 128) on the same 60,000 images,
+one full epoch per round, alternating reference and ours; the ratio printed is the
+median over rounds. Ours uses the speed settings of the `training` parameters exactly
+as `kedro run` does (conf/base, plus conf/local or --env). The evaluation node (all
+metrics over the test set) and the ingestion node are timed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from cvae_mnist.config import TrainingConfig, parse_section
+from cvae_mnist.model import CVAE, CVAEConfig, to_checkpoint
+from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
+from cvae_mnist.pipelines.evaluation.nodes import evaluate_reconstructions
+from cvae_mnist.pipelines.training.nodes import Trainer
+from cvae_mnist.runtime import seed_everything
+
+REPORT_MODEL = CVAEConfig(image_size=28, num_classes=10, latent_dim=100, base_channels=32)
+BATCH_SIZE = 128
+# Zen 4 runs AVX-512 on two 256-bit FMA pipes: 2 x 8 lanes x 2 FLOP per cycle and core.
+FP32_FLOP_PER_CYCLE = 32
+
+
+def reference_epoch(model: CVAE, optimizer: torch.optim.Optimizer, loader: DataLoader) -> int:
+    """The report's loop: DataLoader collation, fp32, eager, sigmoid + BCE, summed loss."""
+    model.train()
+    seen = 0
+    for x, y in loader:
+        logits, mu, logvar = model(x, y)
+        bce = F.binary_cross_entropy(torch.sigmoid(logits), x, reduction="sum")
+        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        loss = bce + kld
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seen += len(x)
+    return seen
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def flop_per_image(model_config: CVAEConfig) -> float:
+    """Forward + backward FLOPs of one fp32 training image, counted by torch."""
+    model = CVAE(model_config)
+    x, y = torch.rand(BATCH_SIZE, 1, 28, 28), torch.randint(0, 10, (BATCH_SIZE,))
+    with FlopCounterMode(display=False) as counter:
+        logits, mu, logvar = model(x, y)
+        (F.binary_cross_entropy_with_logits(logits, x, reduction="sum") + mu.sum() + logvar.sum()).backward()
+    return counter.get_total_flops() / BATCH_SIZE
+
+
+def cpu_ghz() -> float | None:
+    try:
+        mhz = [float(line.split(":")[1]) for line in open("/proc/cpuinfo") if line.startswith("cpu MHz")]
+    except OSError:
+        return None
+    return max(mhz) / 1000 if mhz else None
+
+
+def timed(function, *args):
+    started = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    parser.add_argument("--images", type=int, default=None, help="train on the first N images (default all)")
+    parser.add_argument("--warmup", type=int, default=2000, help="images each loop trains on, untimed, first")
+    parser.add_argument("--env", default=None, help="Kedro environment (default: local)")
+    args = parser.parse_args()
+
+    project = Path.cwd()
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=args.env) as session:
+        context = session.load_context()
+        catalog, params = context.catalog, context.params
+        train = catalog.load("mnist_train")
+        test = catalog.load("mnist_test")
+        raw, raw_seconds = timed(catalog.load, "mnist_raw")
+        model_checkpoint = catalog.load("cvae_model") if catalog.exists("cvae_model") else None
+
+    config = parse_section(TrainingConfig, "training", params["training"])
+    ours_model = parse_section(CVAEConfig, "model", params["model"])
+    if args.images:
+        train = {key: value[: args.images] for key, value in train.items()}
+    n = len(train["labels"])
+    device = torch.device("cpu")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {n} training images, batch {BATCH_SIZE}, {args.rounds} rounds"
+    )
+    print(
+        f"ours: {', '.join(f'{k}={getattr(config, k)}' for k in ('fused_bce', 'in_memory_batches', 'label_lookup', 'fused_adam', 'channels_last', 'mixed_precision', 'compile'))}"
+    )
+
+    generator = seed_everything(1)
+    reference_model = CVAE(REPORT_MODEL)
+    reference_optimizer = torch.optim.Adam(reference_model.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(train["images"], train["labels"]), batch_size=BATCH_SIZE, shuffle=True)
+    ours_config = TrainingConfig(**{**config.__dict__, "batch_size": BATCH_SIZE, "epochs": 1})
+    ours = Trainer.create(REPORT_MODEL, ours_config, device)
+    variants = {"reference": None, "ours": ours}
+    if ours_model != REPORT_MODEL:
+        variants["ours, default architecture"] = Trainer.create(ours_model, ours_config, device)
+
+    # untimed warm-up: oneDNN builds its kernels on first use, the DataLoader its iterator
+    warmup = {key: value[: args.warmup] for key, value in train.items()}
+    reference_epoch(
+        reference_model, reference_optimizer, DataLoader(TensorDataset(*warmup.values()), BATCH_SIZE)
+    )
+    for trainer in variants.values():
+        if trainer is not None:
+            trainer.train_epoch(warmup, generator, epoch=0)
+
+    speeds: dict[str, list[float]] = {name: [] for name in variants}
+    for round_number in range(1, args.rounds + 1):
+        for name, trainer in variants.items():
+            started = time.perf_counter()
+            if trainer is None:
+                reference_epoch(reference_model, reference_optimizer, loader)
+            else:
+                trainer.train_epoch(train, generator, epoch=1)
+            speeds[name].append(n / (time.perf_counter() - started))
+        print(
+            f"round {round_number}: "
+            + ", ".join(f"{name} {values[-1]:.0f} img/s" for name, values in speeds.items()),
+            flush=True,
+        )
+
+    ratios = [o / r for o, r in zip(speeds["ours"], speeds["reference"])]
+    flops = flop_per_image(REPORT_MODEL)
+    print()
+    for name, values in speeds.items():
+        median = statistics.median(values)
+        print(
+            f"{name:>28}: {median:8.0f} img/s (median), {median * flops / 1e9:6.1f} GFLOP/s of fp32-equivalent work"
+        )
+    print(
+        f"{'training speed ratio':>28}: {statistics.median(ratios):.2f}x ours / reference (median of {[round(r, 2) for r in ratios]})"
+    )
+    ghz = cpu_ghz()
+    if ghz:
+        peak = torch.get_num_threads() * ghz * FP32_FLOP_PER_CYCLE
+        print(
+            f"{'fp32 peak (assumed)':>28}: {peak:.0f} GFLOP/s = {torch.get_num_threads()} cores x {ghz:.2f} GHz x "
+            f"{FP32_FLOP_PER_CYCLE} FLOP/cycle; model {flops / 1e9:.4f} GFLOP per training image"
+        )
+    print(f"{'peak resident memory':>28}: {peak_rss_mib():.0f} MiB (whole process, after both loops)")
+
+    (train_set, test_set), decode_seconds = timed(decode_mnist, raw, params["data_ingestion"])
+    label = "trained model" if model_checkpoint is not None else "untrained model (no cvae_model yet)"
+    checkpoint = model_checkpoint or to_checkpoint(CVAE(ours_model))
+    metrics, evaluate_seconds = timed(evaluate_reconstructions, checkpoint, test, params["evaluation"])
+    print(
+        f"{'ingestion':>28}: load + SHA-256 of the raw files {raw_seconds:.2f} s, decode_mnist node {decode_seconds:.2f} s "
+        f"({len(train_set['labels'])} + {len(test_set['labels'])} images)"
+    )
+    print(
+        f"{'evaluation':>28}: evaluate_reconstructions node {evaluate_seconds:.2f} s over {int(metrics['n_images'].item())} "
+        f"test images ({label})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -48,11 +48,8 @@ class NodeTimingHook:
     @hook_impl
     def after_pipeline_run(self) -> None:
         total = time.perf_counter() - self._run_started
-        lines = [
-            f"  {seconds:8.2f} s  {seconds / total:6.1%}  {name}" for name, seconds in self.seconds.items()
-        ]
-        logger.info("Wall time of the run: %.2f s\n%s", total, "\n".join(lines))
+        logger.info("Wall time of the pipeline run: %.2f s; by node:", total)
+        for name, seconds in sorted(self.seconds.items(), key=lambda item: -item[1]):
+            logger.info("%8.2f s %6.1f%%  %s", seconds, 100 * seconds / total, name)
         if mlflow.active_run() is not None:
-            mlflow.log_metrics(
-                {f"seconds.{name}": s for name, s in self.seconds.items()} | {"seconds.total": total}
-            )
+            mlflow.log_metrics({f"seconds.{name}": s for name, s in self.seconds.items()} | {"seconds.total": total})

@@ -1,0 +1,47 @@
+# One-command entry points. Each target creates the virtual environment when missing.
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+# kedro-viz pulls in kedro-telemetry; never send usage data (also see .telemetry).
+export KEDRO_DISABLE_TELEMETRY := 1
+export DO_NOT_TRACK := 1
+
+.PHONY: install run smoke test lint viz viz-build mlflow-ui benchmark clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed  ## create .venv and install the project with its test tools
+
+run: install  ## the full run: ingest MNIST, train 10 epochs, evaluate (conf/base + conf/local)
+	$(BIN)/kedro run
+
+smoke: install  ## the whole flow on a sample in about a minute (conf/smoke)
+	$(BIN)/kedro run --env smoke
+
+test: install  ## the test suite (tiny synthetic data, no network)
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+viz: install  ## Kedro-Viz on http://127.0.0.1:4141
+	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
+
+viz-build: install  ## static Kedro-Viz site in ./build
+	$(BIN)/kedro viz build
+
+mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+benchmark: install  ## training speed: the report's loop against ours, side by side
+	test -f data/05_model_input/mnist_train.pt || $(BIN)/kedro run --pipeline data_ingestion
+	$(BIN)/python benchmarks/train_speed.py
+
+clean:  ## remove generated data, runs and the venv (keeps the raw MNIST files)
+	find data -mindepth 2 -not -name .gitkeep -not -path 'data/01_raw/*' -delete
+	rm -rf mlruns mlflow.db build $(VENV)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
+import yaml
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
 
 from cvae_mnist.datasets.mnist_raw_dataset import MNIST_FILES
 from cvae_mnist.idx import encode_idx
@@ -38,3 +42,47 @@ def write_tiny_mnist(folder: Path, **sizes: int) -> dict[str, str]:
         (folder / name).write_bytes(data)
         checksums[name] = hashlib.sha256(data).hexdigest()
     return checksums
+
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = {"image_size": 28, "num_classes": 10, "latent_dim": 4, "base_channels": 4}
+TINY_TRAINING = {"epochs": 2, "batch_size": 32, "test_batch_size": 32, "device": "cpu"}
+
+
+def make_test_project(root: Path, training: dict | None = None, n_train: int = 120, n_test: int = 40) -> Path:
+    """A copy of the project's configuration in ``root`` with tiny IDX files and an
+    environment ``test``: tiny model and training, and a private MLflow store."""
+    shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    shutil.copy(REPO / "pyproject.toml", root)
+    (root / "src").mkdir()  # the package itself is the installed one
+    checksums = write_tiny_mnist(root / "data" / "01_raw" / "mnist", n_train=n_train, n_test=n_test)
+    test_env = root / "conf" / "test"
+    test_env.mkdir()
+    catalog = yaml.safe_load((REPO / "conf" / "base" / "catalog.yml").read_text())
+    catalog["mnist_raw"].update(sha256=checksums, sources=[])
+    (test_env / "catalog.yml").write_text(yaml.safe_dump({"mnist_raw": catalog["mnist_raw"]}))
+    parameters = {
+        "model": TINY_MODEL,
+        "training": {**TINY_TRAINING, **(training or {})},
+        "evaluation": {"batch_size": 16, "device": "cpu"},
+    }
+    (test_env / "parameters.yml").write_text(yaml.safe_dump(parameters))
+    mlflow_conf = yaml.safe_load((REPO / "conf" / "base" / "mlflow.yml").read_text())
+    mlflow_conf["server"]["mlflow_tracking_uri"] = tracking_uri(root)
+    mlflow_conf["tracking"]["experiment"]["create_experiment_kwargs"]["artifact_location"] = (
+        root / "mlruns"
+    ).as_uri()
+    (test_env / "mlflow.yml").write_text(yaml.safe_dump(mlflow_conf))
+    return root
+
+
+def tracking_uri(project: Path) -> str:
+    return f"sqlite:///{project / 'mlflow.db'}"
+
+
+def run_session(project: Path, pipeline: str | None = None) -> None:
+    """``kedro run --env test [--pipeline pipeline]`` in this process, hooks included."""
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env="test") as session:
+        session.run(pipeline_name=pipeline)

@@ -5,11 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cvae_mnist.cli import find_user_error
 from cvae_mnist.datasets import MNISTRawDataset, TorchDataset
 from cvae_mnist.datasets import mnist_raw_dataset as raw_module
 from cvae_mnist.datasets.mnist_raw_dataset import MNIST_FILES
-from cvae_mnist.errors import DataError, ModelFileError
+from cvae_mnist.errors import DataError, ModelFileError, find_user_error
 from mnist_fixtures import write_tiny_mnist
 
 

@@ -12,18 +12,7 @@ from typing import Any
 import click
 from kedro.framework.cli.project import run as kedro_run
 
-from cvae_mnist.errors import CvaeMnistError
-
-
-def find_user_error(error: BaseException | None) -> CvaeMnistError | None:
-    """Return the first :class:`CvaeMnistError` in an exception's chain of causes."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, CvaeMnistError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
+from cvae_mnist.errors import find_user_error
 
 
 def _report_user_errors(callback: Callable[..., Any]) -> Callable[..., Any]:

@@ -69,6 +69,7 @@ class TrainingConfig:
     loss: str = knob("bce", one_of(*RECONSTRUCTION_LOSSES))
     beta: float = knob(1.0, NON_NEGATIVE_NUMBER)  # weight of the KL term
     device: str = knob("auto", one_of("auto", "cpu", "cuda", "mps"))
+    resume: bool = knob(False, BOOLEAN)  # continue from the last complete epoch's checkpoint
     # Speed levers (benchmarks/train_speed.py measures them); false = the plain path.
     fused_bce: bool = knob(True, BOOLEAN)  # BCE on logits, not sigmoid + BCE
     in_memory_batches: bool = knob(True, BOOLEAN)  # slice batches from tensors, not a DataLoader

@@ -23,3 +23,14 @@ class ModelFileError(CvaeMnistError, ValueError):
 
 class TrainingDivergedError(CvaeMnistError, RuntimeError):
     """Training produced a non-finite loss."""
+
+
+def find_user_error(error: BaseException | None) -> CvaeMnistError | None:
+    """Return the first :class:`CvaeMnistError` in an exception's chain of causes."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, CvaeMnistError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

@@ -11,6 +11,7 @@ from kedro.framework.hooks import hook_impl
 from kedro.pipeline.node import Node
 
 from cvae_mnist.config import validate_parameters
+from cvae_mnist.errors import find_user_error
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,27 @@ class ValidateParametersHook:
     @hook_impl
     def after_context_created(self, context: Any) -> None:
         validate_parameters(context.params)
+
+
+class MlflowErrorTagHook:
+    """Record why a run failed: kedro-mlflow marks the MLflow run FAILED, this adds the
+    error message as the run's ``error`` tag."""
+
+    def __init__(self) -> None:
+        self._run_id: str | None = None
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        # Plugins' hooks run before the project's: kedro-mlflow has started the run here.
+        run = mlflow.active_run()
+        self._run_id = run.info.run_id if run is not None else None
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception) -> None:
+        if self._run_id is not None:  # kedro-mlflow has ended the run as FAILED by now
+            user_error = find_user_error(error)
+            message = f"{type(user_error or error).__name__}: {user_error or error}"
+            mlflow.MlflowClient().set_tag(self._run_id, "error", message[:5000])
 
 
 class NodeTimingHook:
@@ -52,4 +74,6 @@ class NodeTimingHook:
         for name, seconds in sorted(self.seconds.items(), key=lambda item: -item[1]):
             logger.info("%8.2f s %6.1f%%  %s", seconds, 100 * seconds / total, name)
         if mlflow.active_run() is not None:
-            mlflow.log_metrics({f"seconds.{name}": s for name, s in self.seconds.items()} | {"seconds.total": total})
+            mlflow.log_metrics(
+                {f"seconds.{name}": s for name, s in self.seconds.items()} | {"seconds.total": total}
+            )

@@ -3,10 +3,10 @@
 See https://docs.kedro.org/en/stable/configure/configuration_basics/ for the defaults.
 """
 
-from cvae_mnist.hooks import NodeTimingHook, ValidateParametersHook
+from cvae_mnist.hooks import MlflowErrorTagHook, NodeTimingHook, ValidateParametersHook
 
 # Hooks run in last-in-first-out order; kedro-mlflow registers its own hooks.
-HOOKS = (ValidateParametersHook(), NodeTimingHook())
+HOOKS = (ValidateParametersHook(), NodeTimingHook(), MlflowErrorTagHook())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import mlflow
 import pandas as pd
 import pytest
-import yaml
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
 
+from cvae_mnist.datasets import CheckpointDataset
 from cvae_mnist.pipelines import data_ingestion, evaluation, training
-from mnist_fixtures import write_tiny_mnist
+from mnist_fixtures import TINY_MODEL, TINY_TRAINING, make_test_project, run_session
 
-REPO = Path(__file__).resolve().parents[2]
-TINY_TRAINING = {"epochs": 2, "batch_size": 32, "test_batch_size": 32, "device": "cpu"}
-TINY_MODEL = {"image_size": 28, "num_classes": 10, "latent_dim": 4, "base_channels": 4}
 METRIC_COLUMNS = ["n_images", "bce_per_image", "mse_per_image", "ssim", "psnr"]
 
 
-def test_pipelines_run_on_an_in_memory_catalog(tiny_raw):
+def test_pipelines_run_on_an_in_memory_catalog(tiny_raw, tmp_path):
     catalog = DataCatalog()
     catalog["mnist_raw"] = tiny_raw
+    catalog["training_checkpoint"] = CheckpointDataset(filepath=str(tmp_path / "checkpoint.pt")).load()
     catalog["params:data_ingestion"] = {"n_train": 100}
     catalog["params:model"] = TINY_MODEL
     catalog["params:training"] = TINY_TRAINING
@@ -49,43 +42,10 @@ def test_pipelines_run_on_an_in_memory_catalog(tiny_raw):
     assert len(train_loss) == 2 and train_loss[1] < train_loss[0]
 
 
-def _make_project(root: Path) -> Path:
-    """A copy of the project's configuration with tiny data and a private MLflow store."""
-    shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    shutil.copy(REPO / "pyproject.toml", root)
-    (root / "src").mkdir()  # the package itself is the installed one
-    checksums = write_tiny_mnist(root / "data" / "01_raw" / "mnist")
-    test_env = root / "conf" / "test"
-    test_env.mkdir()
-    catalog = yaml.safe_load((REPO / "conf" / "base" / "catalog.yml").read_text())
-    catalog["mnist_raw"].update(sha256=checksums, sources=[])
-    (test_env / "catalog.yml").write_text(yaml.safe_dump({"mnist_raw": catalog["mnist_raw"]}))
-    parameters = {
-        "model": TINY_MODEL,
-        "training": TINY_TRAINING,
-        "evaluation": {"batch_size": 16, "device": "cpu"},
-    }
-    (test_env / "parameters.yml").write_text(yaml.safe_dump(parameters))
-    mlflow_conf = yaml.safe_load((REPO / "conf" / "base" / "mlflow.yml").read_text())
-    mlflow_conf["server"]["mlflow_tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow_conf["tracking"]["experiment"]["create_experiment_kwargs"]["artifact_location"] = (
-        root / "mlruns"
-    ).as_uri()
-    (test_env / "mlflow.yml").write_text(yaml.safe_dump(mlflow_conf))
-    return root
-
-
-def _run(project: Path, pipeline: str | None = None) -> None:
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, env="test") as session:
-        session.run(pipeline_name=pipeline)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    project = _make_project(tmp_path_factory.mktemp("project"))
-    _run(project)
+    project = make_test_project(tmp_path_factory.mktemp("project"))
+    run_session(project)
     return project
 
 
@@ -119,5 +79,5 @@ def test_evaluation_alone_rewrites_the_same_metrics(project):
     metrics_file = project / "data" / "08_reporting" / "metrics.csv"
     before = metrics_file.read_text()
     metrics_file.unlink()
-    _run(project, "evaluation")
+    run_session(project, "evaluation")
     assert metrics_file.read_text() == before

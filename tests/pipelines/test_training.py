@@ -2,9 +2,11 @@ import pytest
 import torch
 
 from cvae_mnist.config import TrainingConfig
-from cvae_mnist.errors import TrainingDivergedError
+from cvae_mnist.datasets import CheckpointDataset
+from cvae_mnist.errors import ModelFileError, TrainingDivergedError
 from cvae_mnist.model import CVAEConfig
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
+from cvae_mnist.pipelines.training import nodes as training_nodes
 from cvae_mnist.pipelines.training.nodes import Trainer, _batches, history_to_mlflow_metrics, train_cvae
 
 MODEL = CVAEConfig(latent_dim=4, base_channels=4)
@@ -59,7 +61,7 @@ def test_each_speed_lever_keeps_the_loss(train_set, lever):
 def test_train_cvae_returns_a_cpu_checkpoint_and_history(train_set, tiny_raw):
     _, test_set = decode_mnist(tiny_raw, {})
     checkpoint, history = train_cvae(
-        train_set, test_set, MODEL.__dict__, {"epochs": 2, "batch_size": 32, "device": "cpu"}, seed=0
+        train_set, test_set, None, MODEL.__dict__, {"epochs": 2, "batch_size": 32, "device": "cpu"}, seed=0
     )
     assert checkpoint["config"] == MODEL.__dict__
     assert all(t.device.type == "cpu" and t.is_contiguous() for t in checkpoint["state_dict"].values())
@@ -81,7 +83,69 @@ def test_a_diverging_run_names_epoch_batch_and_cause(train_set, tiny_raw):
         train_cvae(
             train_set,
             test_set,
+            None,
             MODEL.__dict__,
             {"epochs": 1, "batch_size": 32, "device": "cpu", "lr": 1e30},
             seed=0,
         )
+
+
+class TestCheckpoints:
+    TRAINING = {"batch_size": 32, "device": "cpu"}
+
+    @pytest.fixture
+    def data(self, tiny_raw):
+        return decode_mnist(tiny_raw, {})
+
+    def _train(self, data, store, epochs, resume=False, **changes):
+        params = {**self.TRAINING, "epochs": epochs, "resume": resume, **changes}
+        return train_cvae(*data, store, MODEL.__dict__, params, seed=0)
+
+    def test_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(self, data, tmp_path):
+        full_model, full_history = self._train(data, None, epochs=3)
+        store = CheckpointDataset(filepath=str(tmp_path / "checkpoint.pt")).load()
+        self._train(data, store, epochs=1)  # as if stopped after the first epoch
+        assert store.read()["epoch"] == 1
+        resumed_model, resumed_history = self._train(data, store, epochs=3, resume=True)
+        for name, tensor in full_model["state_dict"].items():
+            assert torch.equal(resumed_model["state_dict"][name], tensor), name
+        for key in ("train_loss", "test_loss", "train_kl", "test_reconstruction"):
+            assert resumed_history[key] == full_history[key]
+        assert store.read()["epoch"] == 3
+
+    def test_a_finished_run_is_not_retrained(self, data, tmp_path):
+        store = CheckpointDataset(filepath=str(tmp_path / "checkpoint.pt")).load()
+        model, history = self._train(data, store, epochs=2)
+        again, again_history = self._train(data, store, epochs=2, resume=True)
+        assert again_history == history  # same epochs and the same recorded timings: nothing ran
+        assert all(torch.equal(again["state_dict"][k], v) for k, v in model["state_dict"].items())
+
+    def test_resume_without_a_checkpoint_starts_from_scratch(self, data, tmp_path):
+        store = CheckpointDataset(filepath=str(tmp_path / "checkpoint.pt")).load()
+        _, history = self._train(data, store, epochs=1, resume=True)
+        assert history["epoch"] == [1]
+
+    def test_a_checkpoint_of_other_settings_is_refused_with_the_differences(self, data, tmp_path):
+        store = CheckpointDataset(filepath=str(tmp_path / "checkpoint.pt")).load()
+        self._train(data, store, epochs=1)
+        with pytest.raises(
+            ModelFileError,
+            match=r"Cannot resume from .*checkpoint.pt: .*training.batch_size: checkpoint 32, parameters 16.*training.resume=false",
+        ):
+            self._train(data, store, epochs=2, resume=True, batch_size=16)
+
+    def test_divergence_keeps_the_last_good_checkpoint(self, data, tmp_path, monkeypatch):
+        store = CheckpointDataset(filepath=str(tmp_path / "checkpoint.pt")).load()
+        self._train(data, store, epochs=1)
+
+        def nan_loss(logits, *args, **kwargs):
+            nan = logits.sum() * float("nan")
+            return nan, nan, nan
+
+        monkeypatch.setattr(training_nodes, "cvae_loss", nan_loss)
+        with pytest.raises(
+            TrainingDivergedError,
+            match=r"became nan at epoch 2, batch 1\..*The checkpoint of epoch 1 is kept in .*checkpoint.pt",
+        ):
+            self._train(data, store, epochs=2, resume=True)
+        assert store.read()["epoch"] == 1

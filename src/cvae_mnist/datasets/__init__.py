@@ -1,6 +1,7 @@
 """Custom Kedro datasets, in the style of kedro-datasets."""
 
+from cvae_mnist.datasets.atomic_dataset import AtomicDataset
 from cvae_mnist.datasets.mnist_raw_dataset import MNISTRawDataset
-from cvae_mnist.datasets.torch_dataset import TorchDataset
+from cvae_mnist.datasets.torch_dataset import CheckpointDataset, CheckpointStore, TorchDataset
 
-__all__ = ["MNISTRawDataset", "TorchDataset"]
+__all__ = ["AtomicDataset", "CheckpointDataset", "CheckpointStore", "MNISTRawDataset", "TorchDataset"]

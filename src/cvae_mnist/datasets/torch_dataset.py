@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
-from kedro.io import AbstractDataset
+from kedro.io import AbstractDataset, DatasetError
 
 from cvae_mnist.datasets._atomic import atomic_path
 from cvae_mnist.errors import ModelFileError
@@ -55,7 +55,14 @@ class TorchDataset(AbstractDataset[Any, Any]):
             raise ModelFileError(f"{path} does not exist. {self._missing_hint}".strip())
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        except (
+            RuntimeError,
+            EOFError,
+            OSError,
+            ValueError,
+            pickle.UnpicklingError,
+            zipfile.BadZipFile,
+        ) as exc:
             raise ModelFileError(
                 f"{path} is truncated or corrupted and cannot be read ({exc}). "
                 f"Delete it and produce it again. {self._missing_hint}".strip()
@@ -70,3 +77,48 @@ class TorchDataset(AbstractDataset[Any, Any]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
+
+
+class CheckpointStore:
+    """A handle on a checkpoint file that a node reads and rewrites while it runs."""
+
+    def __init__(self, dataset: TorchDataset) -> None:
+        self._dataset = dataset
+
+    @property
+    def filepath(self) -> str:
+        return str(self._dataset._filepath)
+
+    def exists(self) -> bool:
+        return self._dataset.exists()
+
+    def read(self) -> dict[str, Any]:
+        return self._dataset.load()
+
+    def write(self, state: dict[str, Any]) -> None:
+        self._dataset.save(state)
+
+
+class CheckpointDataset(TorchDataset):
+    """A training checkpoint, handed to the node as a :class:`CheckpointStore`.
+
+    A node cannot save a dataset before it returns, but training saves a checkpoint
+    after every epoch: ``load()`` therefore returns a store through which the node
+    reads the last checkpoint and writes new ones (atomically, like ``TorchDataset``),
+    while the file's location stays in the catalog.
+
+    .. code-block:: yaml
+
+        training_checkpoint:
+          type: cvae_mnist.datasets.CheckpointDataset
+          filepath: data/06_models/checkpoint.pt
+    """
+
+    def load(self) -> CheckpointStore:  # type: ignore[override]
+        return CheckpointStore(TorchDataset(filepath=str(self._filepath), missing_hint=self._missing_hint))
+
+    def save(self, data: Any) -> None:
+        raise DatasetError("CheckpointDataset is written by the training node through its CheckpointStore.")
+
+    def _exists(self) -> bool:
+        return True  # the store is always available; the file itself may not exist yet

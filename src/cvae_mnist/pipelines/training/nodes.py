@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -16,7 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from cvae_mnist.config import TrainingConfig, parse_section, parse_seed
-from cvae_mnist.errors import TrainingDivergedError
+from cvae_mnist.datasets import CheckpointStore
+from cvae_mnist.errors import ModelFileError, TrainingDivergedError
 from cvae_mnist.losses import cvae_loss
 from cvae_mnist.model import CVAE, CVAEConfig, to_checkpoint
 from cvae_mnist.runtime import mixed_precision_dtype, seed_everything, select_device
@@ -130,18 +132,78 @@ class Trainer:
         return {key: total / len(data["labels"]) for key, total in sums.items()}
 
 
+# Settings that must not change between a checkpoint and the run that resumes it.
+RESUME_MUST_MATCH = ("batch_size", "lr", "momentum", "loss", "beta")
+
+
+def _checkpoint_state(
+    trainer: Trainer, generator: torch.Generator, epoch: int, history: dict[str, list[float]], seed: int
+) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "model_config": asdict(trainer.model.config),
+        "training": {key: getattr(trainer.config, key) for key in RESUME_MUST_MATCH},
+        "seed": seed,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "shuffle": generator.get_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        "history": history,
+    }
+
+
+def _restore(
+    state: dict[str, Any], trainer: Trainer, generator: torch.Generator, seed: int, filepath: str
+) -> None:
+    """Load a checkpoint into ``trainer`` after checking that it belongs to this run."""
+    expected = {
+        **{f"model.{k}": v for k, v in asdict(trainer.model.config).items()},
+        **{f"training.{k}": getattr(trainer.config, k) for k in RESUME_MUST_MATCH},
+        "seed": seed,
+    }
+    saved = {
+        **{f"model.{k}": v for k, v in state["model_config"].items()},
+        **{f"training.{k}": v for k, v in state["training"].items()},
+        "seed": state["seed"],
+    }
+    differences = [
+        f"{key}: checkpoint {saved.get(key)!r}, parameters {value!r}"
+        for key, value in expected.items()
+        if saved.get(key) != value
+    ]
+    if differences:
+        raise ModelFileError(
+            f"Cannot resume from {filepath}: it was written with other settings ({'; '.join(differences)}). "
+            "Resume with the settings it was written with, or set training.resume=false to start over."
+        )
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    generator.set_state(state["rng"]["shuffle"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
 def train_cvae(
     mnist_train: dict[str, torch.Tensor],
     mnist_test: dict[str, torch.Tensor],
+    training_checkpoint: CheckpointStore | None,
     model_parameters: dict[str, Any],
     training_parameters: dict[str, Any],
     seed: int,
 ) -> tuple[dict[str, Any], dict[str, list[float]]]:
-    """Train the CVAE with Adam, reporting the test loss after every epoch.
+    """Train the CVAE with Adam, reporting the test loss and saving a checkpoint after every epoch.
 
     Args:
         mnist_train: Training set, ``{"images", "labels"}``.
         mnist_test: Test set, same layout.
+        training_checkpoint: Where to write a checkpoint after every epoch and, with
+            ``resume``, to read the last one from; ``None`` for no checkpoints.
         model_parameters: The ``model`` parameters (a :class:`CVAEConfig`).
         training_parameters: The ``training`` parameters (a :class:`TrainingConfig`).
         seed: Seed of every random source (initial weights, shuffling, z samples).
@@ -152,11 +214,23 @@ def train_cvae(
     """
     model_config = parse_section(CVAEConfig, "model", model_parameters)
     config = parse_section(TrainingConfig, "training", training_parameters)
-    generator = seed_everything(parse_seed(seed))
+    seed = parse_seed(seed)
+    generator = seed_everything(seed)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = select_device(config.device)
     trainer = Trainer.create(model_config, config, device)
+    history: dict[str, list[float]] = {"epoch": [], "seconds": []}
+    if config.resume and training_checkpoint is not None and training_checkpoint.exists():
+        state = training_checkpoint.read()
+        _restore(state, trainer, generator, seed, training_checkpoint.filepath)
+        history = state["history"]
+        logger.info(
+            "Resuming from %s after epoch %d of %d",
+            training_checkpoint.filepath,
+            state["epoch"],
+            config.epochs,
+        )
     logger.info(
         "Training on %s (%d threads, autocast %s, channels_last %s, compile %s)",
         device,
@@ -168,10 +242,17 @@ def train_cvae(
     train = {key: value.to(device) for key, value in mnist_train.items()}
     test = {key: value.to(device) for key, value in mnist_test.items()}
 
-    history: dict[str, list[float]] = {"epoch": [], "seconds": []}
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(len(history["epoch"]) + 1, config.epochs + 1):
         started = time.perf_counter()
-        train_terms = trainer.train_epoch(train, generator, epoch)
+        try:
+            train_terms = trainer.train_epoch(train, generator, epoch)
+        except TrainingDivergedError as error:
+            kept = (
+                f" The checkpoint of epoch {epoch - 1} is kept in {training_checkpoint.filepath}."
+                if epoch > 1 and training_checkpoint
+                else ""
+            )
+            raise TrainingDivergedError(f"{error}{kept}") from None
         test_terms = trainer.test_epoch(test)
         history["epoch"].append(epoch)
         history["seconds"].append(time.perf_counter() - started)
@@ -186,6 +267,8 @@ def train_cvae(
             test_terms["loss"],
             history["seconds"][-1],
         )
+        if training_checkpoint is not None:
+            training_checkpoint.write(_checkpoint_state(trainer, generator, epoch, history, seed))
     model = trainer.model.cpu().to(memory_format=torch.contiguous_format)
     return to_checkpoint(model), history
 

@@ -10,7 +10,14 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 func=train_cvae,
-                inputs=["mnist_train", "mnist_test", "params:model", "params:training", "params:seed"],
+                inputs=[
+                    "mnist_train",
+                    "mnist_test",
+                    "training_checkpoint",
+                    "params:model",
+                    "params:training",
+                    "params:seed",
+                ],
                 outputs=["cvae_model", "training_history"],
                 name="train_cvae_node",
             ),

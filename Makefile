@@ -6,7 +6,7 @@ PYTHON ?= python3
 export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install run smoke test lint viz viz-build mlflow-ui benchmark clean
+.PHONY: install run smoke test lint viz viz-build mlflow-ui serve benchmark clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ viz-build: install  ## static Kedro-Viz site in ./build
 
 mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+serve: install  ## serve the newest logged model on http://127.0.0.1:5001 (or MODEL=models:/<id>)
+	export PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=sqlite:///mlflow.db; \
+	model="$${MODEL:-$$(python -m cvae_mnist.serving)}" && \
+	mlflow models serve -m "$$model" --env-manager local --host 127.0.0.1 --port 5001
 
 benchmark: install  ## training speed: the report's loop against ours, side by side
 	test -f data/05_model_input/mnist_train.pt || $(BIN)/kedro run --pipeline data_ingestion

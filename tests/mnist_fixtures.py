@@ -55,7 +55,8 @@ def make_test_project(root: Path, training: dict | None = None, n_train: int = 1
     shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
     (root / "conf" / "local").mkdir()
     shutil.copy(REPO / "pyproject.toml", root)
-    (root / "src").mkdir()  # the package itself is the installed one
+    (root / "src").mkdir()  # the package itself is the installed one; the served model
+    (root / "src" / "cvae_mnist").symlink_to(REPO / "src" / "cvae_mnist")  # copies its code
     checksums = write_tiny_mnist(root / "data" / "01_raw" / "mnist", n_train=n_train, n_test=n_test)
     test_env = root / "conf" / "test"
     test_env.mkdir()

@@ -36,6 +36,13 @@ PROBABILITY: Check = (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 
 BOOLEAN: Check = (lambda v: isinstance(v, bool), "true or false")
 
 
+LAST_DIGIT = 9
+OPTIONAL_DIGIT: Check = (
+    lambda v: v is None or (_is_int(v) and 0 <= v <= LAST_DIGIT),
+    "null or an integer from 0 to 9",
+)
+
+
 def one_of(*choices: Any) -> Check:
     return (lambda v: v in choices, "one of " + ", ".join(map(repr, choices)))
 
@@ -89,6 +96,14 @@ class EvaluationConfig:
     generated_per_class: int = knob(10, POSITIVE_INT)  # columns of the generated grid
 
 
+@dataclass(frozen=True)
+class GenerationConfig:
+    digit: int | None = knob(None, OPTIONAL_DIGIT)  # null = all ten digits
+    n_samples: int = knob(16, POSITIVE_INT)  # images per digit
+    seed: int = knob(0, NON_NEGATIVE_INT)  # same seed, same images
+    device: str = knob("auto", one_of("auto", "cpu", "cuda", "mps"))
+
+
 def _validate(section: str, values: Any, allowed: Mapping[str, Check]) -> None:
     if not isinstance(values, Mapping):
         raise ParameterError(f"parameters '{section}' must be a mapping of keys to values, got {values!r}.")
@@ -131,6 +146,7 @@ SECTIONS: dict[str, type] = {
     "data_ingestion": IngestionConfig,
     "training": TrainingConfig,
     "evaluation": EvaluationConfig,
+    "generation": GenerationConfig,
 }
 
 
@@ -144,6 +160,7 @@ def validate_parameters(params: Mapping[str, Any]) -> None:
 
 
 __all__ = [
+    "GenerationConfig",
     "EvaluationConfig",
     "IngestionConfig",
     "TrainingConfig",

@@ -31,6 +31,7 @@ def test_pipelines_run_on_an_in_memory_catalog(tiny_raw, tmp_path):
     assert set(outputs) == {
         "training_metrics",
         "test_metrics",
+        "cvae_generator",
         "reconstructions_figure",
         "generated_digits_figure",
         "training_curves_figure",

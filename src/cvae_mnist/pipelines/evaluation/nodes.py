@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # figures are files; never open a window
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from torchvision.utils import make_grid
 
 from cvae_mnist.config import EvaluationConfig, parse_section, parse_seed
 from cvae_mnist.inference import generate, load_model, reconstruct
 from cvae_mnist.losses import reconstruction_loss
 from cvae_mnist.metrics import mse_per_image, psnr_per_image, ssim_per_image
+from cvae_mnist.plotting import digit_grid_figure, show_grid
 from cvae_mnist.runtime import select_device
 
 METRIC_COLUMNS = ("n_images", "bce_per_image", "mse_per_image", "ssim", "psnr")
@@ -71,13 +67,6 @@ def metrics_to_mlflow(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
     return {key: {"step": 0, "value": float(value)} for key, value in row.items()}
 
 
-def _show_grid(axis: plt.Axes, images: torch.Tensor, columns: int, title: str) -> None:
-    grid = make_grid(images, nrow=columns, padding=2, pad_value=1.0)
-    axis.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1)
-    axis.set_title(title)
-    axis.axis("off")
-
-
 def _examples_by_row(labels: torch.Tensor, per_class: int, num_classes: int) -> torch.Tensor:
     """Indices laid out as ``[per_class, num_classes]``: row r holds the r-th example of
     each class, or -1 where a class has fewer examples."""
@@ -120,7 +109,7 @@ def plot_reconstructions(
     )
     pairs = torch.stack([real, recon], dim=1).flatten(0, 2)  # rows: real, recon, real, recon, ...
     figure, axis = plt.subplots(figsize=(num_classes * 0.7, len(index) * 1.4 + 0.6), layout="constrained")
-    _show_grid(axis, pairs, num_classes, "test digits (odd rows) above their reconstructions (even rows)")
+    show_grid(axis, pairs, num_classes, "test digits (odd rows) above their reconstructions (even rows)")
     return figure
 
 
@@ -140,11 +129,7 @@ def plot_generated_digits(cvae_model: dict[str, Any], parameters: dict[str, Any]
     columns = config.generated_per_class
     labels = torch.arange(model.config.num_classes).repeat_interleave(columns)
     images = generate(model, labels, parse_seed(seed), select_device(config.device))
-    figure, axis = plt.subplots(
-        figsize=(columns * 0.7, model.config.num_classes * 0.7 + 0.6), layout="constrained"
-    )
-    _show_grid(axis, images, columns, "generated from z ~ N(0, I); row = requested digit")
-    return figure
+    return digit_grid_figure(images, columns, "generated from z ~ N(0, I); row = requested digit")
 
 
 def plot_training_curves(training_history: dict[str, list[float]]) -> Figure:

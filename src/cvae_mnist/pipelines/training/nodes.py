@@ -19,9 +19,11 @@ from tqdm.auto import tqdm
 from cvae_mnist.config import TrainingConfig, parse_section, parse_seed
 from cvae_mnist.datasets import CheckpointStore
 from cvae_mnist.errors import ModelFileError, TrainingDivergedError
+from cvae_mnist.inference import load_model
 from cvae_mnist.losses import cvae_loss
 from cvae_mnist.model import CVAE, CVAEConfig, to_checkpoint
 from cvae_mnist.runtime import mixed_precision_dtype, seed_everything, select_device
+from cvae_mnist.serving import CVAEGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -288,3 +290,16 @@ def history_to_mlflow_metrics(training_history: dict[str, list[float]]) -> dict[
         for key, values in training_history.items()
         if key != "epoch"
     }
+
+
+def build_generator(cvae_model: dict[str, Any]) -> CVAEGenerator:
+    """Wrap the trained model as an MLflow pyfunc model that generates digits on request.
+
+    Args:
+        cvae_model: The trained model checkpoint.
+
+    Returns:
+        The pyfunc model; the catalog logs it to the run (``cvae_generator``).
+    """
+    load_model(cvae_model)  # fail here, not at serving time, if the checkpoint is unusable
+    return CVAEGenerator(cvae_model)

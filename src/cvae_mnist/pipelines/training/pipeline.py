@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Pipeline, node
 
-from cvae_mnist.pipelines.training.nodes import history_to_mlflow_metrics, train_cvae
+from cvae_mnist.pipelines.training.nodes import build_generator, history_to_mlflow_metrics, train_cvae
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -20,6 +20,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["cvae_model", "training_history"],
                 name="train_cvae_node",
+            ),
+            node(
+                func=build_generator,
+                inputs="cvae_model",
+                outputs="cvae_generator",
+                name="build_generator_node",
             ),
             node(
                 func=history_to_mlflow_metrics,

@@ -199,6 +199,9 @@ class MNISTRawDataset(AbstractDataset[None, dict[str, bytes]]):
                     found = fetch(Path(workdir))
                 except Exception as exc:  # noqa: BLE001 - any failure means: try the next source
                     failures.append(f"{label}: {type(exc).__name__}: {exc}".strip())
+                    logger.warning(
+                        "Could not fetch MNIST from the %s (%s); trying the next source", label, exc
+                    )
                     continue
                 problems = [f"{name} not found" for name in missing if name not in found]
                 problems += [
@@ -208,6 +211,11 @@ class MNISTRawDataset(AbstractDataset[None, dict[str, bytes]]):
                 ]
                 if problems:
                     failures.append(f"{label}: " + "; ".join(problems))
+                    logger.warning(
+                        "MNIST from the %s is unusable (%s); trying the next source",
+                        label,
+                        "; ".join(problems),
+                    )
                     continue
                 for name in missing:
                     with atomic_path(self._path / name) as tmp:

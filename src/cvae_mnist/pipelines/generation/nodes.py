@@ -32,7 +32,7 @@ def generate_digits(cvae_model: dict[str, Any], parameters: dict[str, Any]) -> d
 
 
 def plot_generated(generated_digits: dict[str, Any]) -> Figure:
-    """One row per requested digit.
+    """One row per requested digit, or a block of rows for a single digit.
 
     Args:
         generated_digits: The output of :func:`generate_digits`.
@@ -41,10 +41,8 @@ def plot_generated(generated_digits: dict[str, Any]) -> Figure:
         The figure.
     """
     labels = generated_digits["labels"]
-    per_digit = int((labels == labels[0]).sum())
-    digits = ", ".join(str(d) for d in labels.unique().tolist())
-    return digit_grid_figure(
-        generated_digits["images"].unsqueeze(1),
-        per_digit,
-        f"digits {digits}, seed {generated_digits['seed']}",
-    )
+    digits = labels.unique().tolist()
+    per_digit = len(labels) // len(digits)
+    columns = per_digit if len(digits) > 1 else min(per_digit, 8)
+    title = f"digit{'s' if len(digits) > 1 else ''} {', '.join(map(str, digits))}, seed {generated_digits['seed']}"
+    return digit_grid_figure(generated_digits["images"].unsqueeze(1), columns, title)

@@ -2,9 +2,11 @@ import io
 
 import pytest
 import torch
+from torch.distributions import Bernoulli, Normal
 
 from cvae_mnist.errors import ModelFileError
-from cvae_mnist.inference import generate, load_model, reconstruct
+from cvae_mnist.inference import generate, likelihood_terms, load_model, reconstruct
+from cvae_mnist.losses import kl_divergence
 from cvae_mnist.model import CVAE, CVAEConfig, to_checkpoint
 
 
@@ -68,3 +70,35 @@ def test_generate_is_deterministic_per_seed(model):
     first = generate(model, labels, seed=5, device=torch.device("cpu"))
     assert torch.equal(first, generate(model, labels, seed=5, device=torch.device("cpu")))
     assert not torch.equal(first, generate(model, labels, seed=6, device=torch.device("cpu")))
+
+
+def test_likelihood_terms_match_torch_distributions(model):
+    images, labels = torch.rand(5, 1, 28, 28), torch.arange(5)
+    terms = likelihood_terms(
+        model, images, labels, samples=1, batch_size=8, device=torch.device("cpu"), seed=0
+    )
+    with torch.no_grad():
+        mu, logvar = model.encode(images, labels)
+        std = torch.exp(0.5 * logvar)
+        z = mu + std * torch.randn(1, *mu.shape, generator=torch.Generator().manual_seed(0))[0]
+        bernoulli = Bernoulli(
+            logits=model.decode(z, labels), validate_args=False
+        )  # continuous targets: cross-entropy
+        log_px = bernoulli.log_prob(images).flatten(1).sum(1)
+        log_w = log_px + Normal(0, 1).log_prob(z).sum(1) - Normal(mu, std).log_prob(z).sum(1)
+    # with one draw the importance-weighted estimate is -log w of that draw
+    torch.testing.assert_close(terms["iw_nll"], -log_w, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(terms["reconstruction"], -log_px, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(terms["kl"], kl_divergence(mu, logvar))
+    torch.testing.assert_close(terms["neg_elbo"], terms["reconstruction"] + terms["kl"])
+
+
+def test_more_importance_samples_tighten_the_bound(model):
+    images, labels = torch.rand(20, 1, 28, 28), torch.arange(20) % 10
+    one = likelihood_terms(
+        model, images, labels, samples=1, batch_size=64, device=torch.device("cpu"), seed=0
+    )
+    many = likelihood_terms(
+        model, images, labels, samples=64, batch_size=64, device=torch.device("cpu"), seed=0
+    )
+    assert many["iw_nll"].mean() < one["iw_nll"].mean()

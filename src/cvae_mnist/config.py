@@ -92,6 +92,7 @@ class TrainingConfig:
 class EvaluationConfig:
     batch_size: int = knob(1000, POSITIVE_INT)
     device: str = knob("auto", one_of("auto", "cpu", "cuda", "mps"))
+    iw_samples: int = knob(50, POSITIVE_INT)  # K, importance samples per image for iw_nll
     images_per_class: int = knob(3, POSITIVE_INT)  # real/reconstructed pairs per class
     generated_per_class: int = knob(10, POSITIVE_INT)  # columns of the generated grid
 

@@ -3,7 +3,10 @@ evaluation, the figures, the generation pipeline and the served model all use.""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from cvae_mnist.errors import ModelFileError
 from cvae_mnist.model import CVAE, from_checkpoint
@@ -54,3 +57,46 @@ def load_model(checkpoint: dict, name: str = "cvae_model") -> CVAE:
         return from_checkpoint(checkpoint)
     except (TypeError, RuntimeError) as exc:
         raise ModelFileError(f"{name} does not match its saved config {checkpoint['config']}: {exc}") from exc
+
+
+@torch.inference_mode()
+def likelihood_terms(
+    model: CVAE,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    samples: int,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """Per-image terms of the likelihood, in nats, with ``samples`` draws of z ~ q(z | x, y).
+
+    Returns ``kl`` (analytic KL(q || N(0, I))), ``reconstruction`` (the mean over draws of
+    -log p(x | z, y), Bernoulli), ``neg_elbo`` (their sum, beta = 1) and ``iw_nll``, the
+    importance-weighted estimate of -log p(x | y) (Burda et al. 2016):
+    ``-log mean_k p(x | z_k, y) p(z_k) / q(z_k | x, y)``, which tightens as ``samples`` grows.
+    """
+    model.eval().to(device)
+    generator = torch.Generator().manual_seed(seed)
+    chunk = max(1, batch_size // samples)  # images per step: chunk * samples decodes at once
+    log_2pi = math.log(2 * math.pi)
+    out: dict[str, list[torch.Tensor]] = {"kl": [], "reconstruction": [], "neg_elbo": [], "iw_nll": []}
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].to(device)
+        y = labels[start : start + chunk].to(device)
+        mu, logvar = (t.float() for t in model.encode(x, y))
+        eps = torch.randn(samples, *mu.shape, generator=generator).to(device)
+        z = mu + torch.exp(0.5 * logvar) * eps  # [samples, n, latent]
+        logits = model.decode(z.flatten(0, 1), y.repeat(samples)).float()
+        log_px = -F.binary_cross_entropy_with_logits(logits, x.repeat(samples, 1, 1, 1), reduction="none")
+        log_px = log_px.flatten(1).sum(1).view(samples, -1)
+        log_pz = -0.5 * (z.pow(2) + log_2pi).sum(-1)
+        log_qz = -0.5 * (eps.pow(2) + log_2pi + logvar).sum(-1)
+        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+        reconstruction = -log_px.mean(0)
+        out["kl"].append(kl.cpu())
+        out["reconstruction"].append(reconstruction.cpu())
+        out["neg_elbo"].append((reconstruction + kl).cpu())
+        log_w = log_px + log_pz - log_qz
+        out["iw_nll"].append((math.log(samples) - torch.logsumexp(log_w, dim=0)).cpu())
+    return {key: torch.cat(values) for key, values in out.items()}

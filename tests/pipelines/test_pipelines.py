@@ -12,7 +12,8 @@ from cvae_mnist.datasets import CheckpointDataset
 from cvae_mnist.pipelines import data_ingestion, evaluation, training
 from mnist_fixtures import TINY_MODEL, TINY_TRAINING, make_test_project, run_session
 
-METRIC_COLUMNS = ["n_images", "bce_per_image", "mse_per_image", "ssim", "psnr"]
+METRIC_COLUMNS = ["n_images", "bce_per_image", "mse_per_image", "ssim", "psnr"]  # the report's, first
+OUR_COLUMNS = ["kl_per_image", "neg_elbo_per_image", "iw_nll", "iw_samples"]
 
 
 def test_pipelines_run_on_an_in_memory_catalog(tiny_raw, tmp_path):
@@ -37,7 +38,7 @@ def test_pipelines_run_on_an_in_memory_catalog(tiny_raw, tmp_path):
         "training_curves_figure",
     }
     test_metrics = catalog["test_metrics"].load()
-    assert set(test_metrics) == set(METRIC_COLUMNS)
+    assert set(test_metrics) == set(METRIC_COLUMNS + OUR_COLUMNS)
     assert test_metrics["n_images"] == {"step": 0, "value": 40.0}
     train_loss = [point["value"] for point in catalog["training_metrics"].load()["train_loss"]]
     assert len(train_loss) == 2 and train_loss[1] < train_loss[0]
@@ -52,7 +53,10 @@ def project(tmp_path_factory):
 
 def test_kedro_run_writes_metrics_and_figures(project):
     metrics = pd.read_csv(project / "data" / "08_reporting" / "metrics.csv")
-    assert list(metrics.columns) == METRIC_COLUMNS
+    assert list(metrics.columns) == METRIC_COLUMNS + OUR_COLUMNS
+    assert metrics["iw_samples"].item() == 50
+    # the importance-weighted bound is at least as tight as the ELBO
+    assert 0 < metrics["iw_nll"].item() <= metrics["neg_elbo_per_image"].item()
     assert metrics["n_images"].item() == 40
     assert 0 < metrics["ssim"].item() < 1 and 0 < metrics["psnr"].item() < 100
     for figure in ("reconstructions", "generated_digits", "training_curves"):

@@ -3,6 +3,8 @@
 from kedro.pipeline import Pipeline, node
 
 from cvae_mnist.pipelines.evaluation.nodes import (
+    assemble_metrics,
+    evaluate_likelihood,
     evaluate_reconstructions,
     metrics_to_mlflow,
     plot_generated_digits,
@@ -17,8 +19,20 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 func=evaluate_reconstructions,
                 inputs=["cvae_model", "mnist_test", "params:evaluation"],
-                outputs="metrics",
+                outputs="reconstruction_metrics",
                 name="evaluate_reconstructions_node",
+            ),
+            node(
+                func=evaluate_likelihood,
+                inputs=["cvae_model", "mnist_test", "params:evaluation", "params:seed"],
+                outputs="likelihood_metrics",
+                name="evaluate_likelihood_node",
+            ),
+            node(
+                func=assemble_metrics,
+                inputs=["reconstruction_metrics", "likelihood_metrics"],
+                outputs="metrics",
+                name="assemble_metrics_node",
             ),
             node(
                 func=metrics_to_mlflow,

@@ -66,7 +66,8 @@ def make_test_project(root: Path, training: dict | None = None, n_train: int = 1
     parameters = {
         "model": TINY_MODEL,
         "training": {**TINY_TRAINING, **(training or {})},
-        "evaluation": {"batch_size": 16, "device": "cpu"},
+        "evaluation": {"batch_size": 16, "device": "cpu", "samples_per_class": 20},
+        "classifier": {"epochs": 1},
     }
     (test_env / "parameters.yml").write_text(yaml.safe_dump(parameters))
     mlflow_conf = yaml.safe_load((REPO / "conf" / "base" / "mlflow.yml").read_text())

@@ -93,8 +93,16 @@ class EvaluationConfig:
     batch_size: int = knob(1000, POSITIVE_INT)
     device: str = knob("auto", one_of("auto", "cpu", "cuda", "mps"))
     iw_samples: int = knob(50, POSITIVE_INT)  # K, importance samples per image for iw_nll
+    samples_per_class: int = knob(1000, POSITIVE_INT)  # generated digits per class for cond_accuracy, fid
     images_per_class: int = knob(3, POSITIVE_INT)  # real/reconstructed pairs per class
     generated_per_class: int = knob(10, POSITIVE_INT)  # columns of the generated grid
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    epochs: int = knob(3, POSITIVE_INT)
+    batch_size: int = knob(128, POSITIVE_INT)
+    lr: float = knob(1e-3, POSITIVE_NUMBER)
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,7 @@ SECTIONS: dict[str, type] = {
     "training": TrainingConfig,
     "evaluation": EvaluationConfig,
     "generation": GenerationConfig,
+    "classifier": ClassifierConfig,
 }
 
 
@@ -161,6 +170,7 @@ def validate_parameters(params: Mapping[str, Any]) -> None:
 
 
 __all__ = [
+    "ClassifierConfig",
     "GenerationConfig",
     "EvaluationConfig",
     "IngestionConfig",

@@ -13,17 +13,28 @@ from cvae_mnist.pipelines import data_ingestion, evaluation, training
 from mnist_fixtures import TINY_MODEL, TINY_TRAINING, make_test_project, run_session
 
 METRIC_COLUMNS = ["n_images", "bce_per_image", "mse_per_image", "ssim", "psnr"]  # the report's, first
-OUR_COLUMNS = ["kl_per_image", "neg_elbo_per_image", "iw_nll", "iw_samples"]
+OUR_COLUMNS = [
+    "kl_per_image",
+    "neg_elbo_per_image",
+    "iw_nll",
+    "iw_samples",
+    "cond_accuracy",
+    "fid",
+    "fid_reference",
+    "classifier_accuracy",
+]
 
 
 def test_pipelines_run_on_an_in_memory_catalog(tiny_raw, tmp_path):
     catalog = DataCatalog()
     catalog["mnist_raw"] = tiny_raw
     catalog["training_checkpoint"] = CheckpointDataset(filepath=str(tmp_path / "checkpoint.pt")).load()
+    catalog["digit_classifier"] = CheckpointDataset(filepath=str(tmp_path / "classifier.pt")).load()
+    catalog["params:classifier"] = {"epochs": 1}
     catalog["params:data_ingestion"] = {"n_train": 100}
     catalog["params:model"] = TINY_MODEL
     catalog["params:training"] = TINY_TRAINING
-    catalog["params:evaluation"] = {"batch_size": 16, "device": "cpu"}
+    catalog["params:evaluation"] = {"batch_size": 16, "device": "cpu", "samples_per_class": 20}
     catalog["params:seed"] = 3
     pipeline = data_ingestion.create_pipeline() + training.create_pipeline() + evaluation.create_pipeline()
     outputs = SequentialRunner().run(pipeline, catalog)
@@ -57,6 +68,9 @@ def test_kedro_run_writes_metrics_and_figures(project):
     assert metrics["iw_samples"].item() == 50
     # the importance-weighted bound is at least as tight as the ELBO
     assert 0 < metrics["iw_nll"].item() <= metrics["neg_elbo_per_image"].item()
+    assert 0 <= metrics["cond_accuracy"].item() <= 1 and 0 <= metrics["classifier_accuracy"].item() <= 1
+    assert metrics["fid"].item() >= 0 and metrics["fid_reference"].item() >= 0
+    assert (project / "data" / "06_models" / "digit_classifier.pt").exists()
     assert metrics["n_images"].item() == 40
     assert 0 < metrics["ssim"].item() < 1 and 0 < metrics["psnr"].item() < 100
     for figure in ("reconstructions", "generated_digits", "training_curves"):

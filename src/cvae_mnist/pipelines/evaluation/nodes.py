@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import asdict
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -10,15 +12,21 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from cvae_mnist.config import EvaluationConfig, parse_section, parse_seed
+from cvae_mnist.classifier import DigitClassifier, frechet_distance, predict
+from cvae_mnist.classifier import train_classifier as train_digit_classifier
+from cvae_mnist.config import ClassifierConfig, EvaluationConfig, parse_section, parse_seed
+from cvae_mnist.datasets import CheckpointStore
 from cvae_mnist.inference import generate, likelihood_terms, load_model, reconstruct
 from cvae_mnist.losses import reconstruction_loss
 from cvae_mnist.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from cvae_mnist.plotting import digit_grid_figure, show_grid
 from cvae_mnist.runtime import select_device
 
+logger = logging.getLogger(__name__)
+
 METRIC_COLUMNS = ("n_images", "bce_per_image", "mse_per_image", "ssim", "psnr")  # the report's, in its order
 LIKELIHOOD_COLUMNS = ("kl_per_image", "neg_elbo_per_image", "iw_nll", "iw_samples")
+GENERATION_COLUMNS = ("cond_accuracy", "fid", "fid_reference", "classifier_accuracy")
 
 
 def evaluate_reconstructions(
@@ -90,17 +98,107 @@ def evaluate_likelihood(
     return pd.DataFrame([row], columns=list(LIKELIHOOD_COLUMNS))
 
 
-def assemble_metrics(reconstruction_metrics: pd.DataFrame, likelihood_metrics: pd.DataFrame) -> pd.DataFrame:
+def get_digit_classifier(
+    digit_classifier: CheckpointStore,
+    mnist_train: dict[str, torch.Tensor],
+    mnist_test: dict[str, torch.Tensor],
+    parameters: dict[str, Any],
+    seed: int,
+) -> dict[str, Any]:
+    """The digit classifier: the saved one if it was trained with these settings, else a new one.
+
+    Args:
+        digit_classifier: Where the classifier is kept.
+        mnist_train: Training set it learns from.
+        mnist_test: Test set it is scored on.
+        parameters: The ``classifier`` parameters.
+        seed: Seed of its initial weights and shuffling.
+
+    Returns:
+        ``{"config", "state_dict", "test_accuracy"}``.
+    """
+    config = {
+        **asdict(parse_section(ClassifierConfig, "classifier", parameters)),
+        "seed": parse_seed(seed),
+    }
+    if digit_classifier.exists():
+        saved = digit_classifier.read()
+        if saved.get("config") == config:
+            logger.info("Reusing the digit classifier in %s", digit_classifier.filepath)
+            return saved
+    generator = torch.Generator().manual_seed(config["seed"])
+    torch.manual_seed(config["seed"])
+    model = train_digit_classifier(
+        mnist_train["images"],
+        mnist_train["labels"],
+        config["epochs"],
+        config["batch_size"],
+        config["lr"],
+        generator,
+    )
+    predicted, _ = predict(model, mnist_test["images"])
+    accuracy = float((predicted == mnist_test["labels"]).float().mean())
+    logger.info("Digit classifier trained: %.2f%% accuracy on the test set", 100 * accuracy)
+    saved = {"config": config, "state_dict": model.state_dict(), "test_accuracy": accuracy}
+    digit_classifier.write(saved)
+    return saved
+
+
+def evaluate_generation(
+    cvae_model: dict[str, Any],
+    classifier: dict[str, Any],
+    mnist_train: dict[str, torch.Tensor],
+    mnist_test: dict[str, torch.Tensor],
+    parameters: dict[str, Any],
+    seed: int,
+) -> pd.DataFrame:
+    """How well the model generates the digit asked for, and how real its digits look.
+
+    ``samples_per_class`` digits per class are generated through ``inference.generate``
+    (the path every generator in the project takes) and judged by the digit classifier.
+
+    Args:
+        cvae_model: The trained model checkpoint.
+        classifier: The digit classifier (``get_digit_classifier``).
+        mnist_train: Training set (its first test-set-sized slice is the FID reference).
+        mnist_test: Test set.
+        parameters: The ``evaluation`` parameters.
+        seed: Seed of the latent samples.
+
+    Returns:
+        One row: ``cond_accuracy`` (share classified as the requested digit), ``fid``
+        (Fréchet distance of the classifier's features, generated vs test images),
+        ``fid_reference`` (the same, training vs test images: the floor) and
+        ``classifier_accuracy`` (the classifier's test-set accuracy).
+    """
+    config = parse_section(EvaluationConfig, "evaluation", parameters)
+    model = load_model(cvae_model)
+    judge = DigitClassifier()
+    judge.load_state_dict(classifier["state_dict"])
+    requested = torch.arange(model.config.num_classes).repeat_interleave(config.samples_per_class)
+    generated = generate(model, requested, parse_seed(seed), select_device(config.device))
+    predicted, generated_features = predict(judge, generated)
+    _, test_features = predict(judge, mnist_test["images"])
+    _, train_features = predict(judge, mnist_train["images"][: len(mnist_test["images"])])
+    row = {
+        "cond_accuracy": float((predicted == requested).float().mean()),
+        "fid": frechet_distance(generated_features.numpy(), test_features.numpy()),
+        "fid_reference": frechet_distance(train_features.numpy(), test_features.numpy()),
+        "classifier_accuracy": classifier["test_accuracy"],
+    }
+    return pd.DataFrame([row], columns=list(GENERATION_COLUMNS))
+
+
+def assemble_metrics(*tables: pd.DataFrame) -> pd.DataFrame:
     """The metrics table: the report's five columns first, then ours.
 
     Args:
-        reconstruction_metrics: The output of :func:`evaluate_reconstructions`.
-        likelihood_metrics: The output of :func:`evaluate_likelihood`.
+        *tables: One-row tables: reconstruction, likelihood and generation metrics.
 
     Returns:
         One row with all columns.
     """
-    return pd.concat([reconstruction_metrics, likelihood_metrics], axis=1)
+    return pd.concat(tables, axis=1)
 
 
 def metrics_to_mlflow(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:

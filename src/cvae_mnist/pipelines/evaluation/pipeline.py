@@ -4,8 +4,10 @@ from kedro.pipeline import Pipeline, node
 
 from cvae_mnist.pipelines.evaluation.nodes import (
     assemble_metrics,
+    evaluate_generation,
     evaluate_likelihood,
     evaluate_reconstructions,
+    get_digit_classifier,
     metrics_to_mlflow,
     plot_generated_digits,
     plot_reconstructions,
@@ -29,8 +31,27 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="evaluate_likelihood_node",
             ),
             node(
+                func=get_digit_classifier,
+                inputs=["digit_classifier", "mnist_train", "mnist_test", "params:classifier", "params:seed"],
+                outputs="trained_digit_classifier",
+                name="get_digit_classifier_node",
+            ),
+            node(
+                func=evaluate_generation,
+                inputs=[
+                    "cvae_model",
+                    "trained_digit_classifier",
+                    "mnist_train",
+                    "mnist_test",
+                    "params:evaluation",
+                    "params:seed",
+                ],
+                outputs="generation_metrics",
+                name="evaluate_generation_node",
+            ),
+            node(
                 func=assemble_metrics,
-                inputs=["reconstruction_metrics", "likelihood_metrics"],
+                inputs=["reconstruction_metrics", "likelihood_metrics", "generation_metrics"],
                 outputs="metrics",
                 name="assemble_metrics_node",
             ),

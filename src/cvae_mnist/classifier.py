@@ -56,17 +56,24 @@ def train_classifier(
     batch_size: int,
     lr: float,
     generator: torch.Generator,
+    autocast_dtype: torch.dtype | None = None,
 ) -> DigitClassifier:
-    """Adam on cross-entropy, with shuffled batches."""
+    """Adam on cross-entropy over shuffled batches, with a one-cycle learning rate peaking
+    at ``lr`` (it reaches 99 % on MNIST in fewer epochs than a constant rate)."""
     model = DigitClassifier()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = -(-len(labels) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
     for _ in range(epochs):
         model.train()
         for index in torch.randperm(len(labels), generator=generator).split(batch_size):
-            loss = F.cross_entropy(model(images[index]), labels[index])
+            with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = model(images[index])
+            loss = F.cross_entropy(logits.float(), labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
     return model.eval()
 
 

@@ -20,7 +20,7 @@ from cvae_mnist.inference import generate, likelihood_terms, load_model, reconst
 from cvae_mnist.losses import reconstruction_loss
 from cvae_mnist.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from cvae_mnist.plotting import digit_grid_figure, show_grid
-from cvae_mnist.runtime import select_device
+from cvae_mnist.runtime import mixed_precision_dtype, select_device
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ def get_digit_classifier(
         config["batch_size"],
         config["lr"],
         generator,
+        mixed_precision_dtype(torch.device("cpu")),
     )
     predicted, _ = predict(model, mnist_test["images"])
     accuracy = float((predicted == mnist_test["labels"]).float().mean())

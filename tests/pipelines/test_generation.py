@@ -2,8 +2,11 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from cvae_mnist.datasets import CheckpointDataset
 from cvae_mnist.errors import ParameterError
 from cvae_mnist.model import CVAE, CVAEConfig, to_checkpoint
+from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
+from cvae_mnist.pipelines.evaluation.nodes import get_digit_classifier
 from cvae_mnist.pipelines.generation.nodes import generate_digits, plot_generated
 from cvae_mnist.pipelines.training.nodes import build_generator
 from cvae_mnist.serving import GenerationRequest
@@ -58,3 +61,18 @@ def test_the_served_model_generates_through_the_same_code_path(checkpoint):
     answer = generator.predict([GenerationRequest(digit=6, n_samples=5, seed=0)])
     expected = generate_digits(checkpoint, {"digit": 6, "n_samples": 5, "seed": 0})["images"]
     assert torch.equal(torch.tensor(answer[0]), expected)
+
+
+def test_the_digit_classifier_is_reused_only_for_the_same_settings_and_data(tiny_raw, tmp_path):
+    train, test = decode_mnist(tiny_raw, {})
+    store = CheckpointDataset(filepath=str(tmp_path / "classifier.pt")).load()
+    first = get_digit_classifier(store, train, test, {"epochs": 1}, seed=0)
+    assert get_digit_classifier(store, train, test, {"epochs": 1}, seed=0) is not first  # read back ...
+    reused = store.read()
+    assert all(
+        torch.equal(reused["state_dict"][k], v) for k, v in first["state_dict"].items()
+    )  # ... unchanged
+    smaller = {key: value[:60] for key, value in train.items()}
+    retrained = get_digit_classifier(store, smaller, test, {"epochs": 1}, seed=0)
+    assert retrained["config"]["n_train"] == 60 and store.read()["config"]["n_train"] == 60
+    assert get_digit_classifier(store, smaller, test, {"epochs": 2}, seed=0)["config"]["epochs"] == 2

@@ -105,7 +105,8 @@ def get_digit_classifier(
     parameters: dict[str, Any],
     seed: int,
 ) -> dict[str, Any]:
-    """The digit classifier: the saved one if it was trained with these settings, else a new one.
+    """The digit classifier: the saved one if it was trained with these settings and as many
+    training images, else a new one.
 
     Args:
         digit_classifier: Where the classifier is kept.
@@ -120,6 +121,7 @@ def get_digit_classifier(
     config = {
         **asdict(parse_section(ClassifierConfig, "classifier", parameters)),
         "seed": parse_seed(seed),
+        "n_train": len(mnist_train["labels"]),  # a smoke run's classifier is not reused by a full run
     }
     if digit_classifier.exists():
         saved = digit_classifier.read()

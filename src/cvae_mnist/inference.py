@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from cvae_mnist.errors import ModelFileError
+from cvae_mnist.losses import kl_divergence, reconstruction_loss
 from cvae_mnist.model import CVAE, from_checkpoint
 
 
@@ -88,11 +88,10 @@ def likelihood_terms(
         eps = torch.randn(samples, *mu.shape, generator=generator).to(device)
         z = mu + torch.exp(0.5 * logvar) * eps  # [samples, n, latent]
         logits = model.decode(z.flatten(0, 1), y.repeat(samples)).float()
-        log_px = -F.binary_cross_entropy_with_logits(logits, x.repeat(samples, 1, 1, 1), reduction="none")
-        log_px = log_px.flatten(1).sum(1).view(samples, -1)
+        log_px = -reconstruction_loss(logits, x.repeat(samples, 1, 1, 1), "bce").view(samples, -1)
         log_pz = -0.5 * (z.pow(2) + log_2pi).sum(-1)
         log_qz = -0.5 * (eps.pow(2) + log_2pi + logvar).sum(-1)
-        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+        kl = kl_divergence(mu, logvar)
         reconstruction = -log_px.mean(0)
         out["kl"].append(kl.cpu())
         out["reconstruction"].append(reconstruction.cpu())

@@ -8,6 +8,7 @@ from cvae_mnist.errors import ModelFileError
 from cvae_mnist.inference import generate, likelihood_terms, load_model, reconstruct
 from cvae_mnist.losses import kl_divergence
 from cvae_mnist.model import CVAE, CVAEConfig, to_checkpoint
+from cvae_mnist.prior import fit_class_prior
 
 
 @pytest.fixture
@@ -102,3 +103,128 @@ def test_more_importance_samples_tighten_the_bound(model):
         model, images, labels, samples=64, batch_size=64, device=torch.device("cpu"), seed=0
     )
     assert many["iw_nll"].mean() < one["iw_nll"].mean()
+
+
+def test_the_default_config_is_the_report_architecture():
+    model = CVAE(CVAEConfig())
+    # the report's layers, by name and shape: nothing more (two prior buffers aside)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    assert shapes == {
+        "encoder.0.weight": (32, 11, 4, 4),
+        "encoder.0.bias": (32,),
+        "encoder.2.weight": (64, 32, 4, 4),
+        "encoder.2.bias": (64,),
+        "fc_mu.weight": (100, 3136),
+        "fc_mu.bias": (100,),
+        "fc_logvar.weight": (100, 3136),
+        "fc_logvar.bias": (100,),
+        "decoder_input.weight": (3136, 110),
+        "decoder_input.bias": (3136,),
+        "decoder.2.weight": (64, 32, 4, 4),
+        "decoder.2.bias": (32,),
+        "decoder.4.weight": (32, 1, 4, 4),
+        "decoder.4.bias": (1,),
+    }
+
+
+WIDER = CVAEConfig(
+    latent_dim=6, base_channels=4, conditioning="embedding", embedding_dim=3, normalization="batch",
+    residual_blocks=2,
+)  # fmt: skip
+
+
+def test_embedding_batch_norm_and_residual_blocks_shapes():
+    torch.manual_seed(0)
+    model = CVAE(WIDER)
+    logits, mu, logvar = model(torch.rand(5, 1, 28, 28), torch.arange(5))
+    assert logits.shape == (5, 1, 28, 28) and mu.shape == logvar.shape == (5, 6)
+    assert model.encoder[0].in_channels == 1 + 3  # image + embedding channels
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 3 + 2 * 2 * 2
+
+
+def test_label_lookup_is_exact_for_embeddings_too():
+    torch.manual_seed(0)
+    model = CVAE(WIDER).eval()
+    x, y = torch.rand(6, 1, 28, 28), torch.tensor([0, 3, 3, 9, 1, 7])
+    plain = model.encode(x, y)
+    model.label_lookup = True
+    for fast, reference in zip(model.encode(x, y), plain):
+        torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_the_standard_normal_prior_samples_the_noise_itself(model):
+    noise, labels = torch.randn(9, 8), torch.arange(9)
+    assert torch.equal(model.prior_sample(labels, noise, torch.rand(9)), noise)
+
+
+def _clusters(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latent codes of 10 classes, each two well-separated Gaussian clusters (weights 0.25 / 0.75)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    centres = torch.randn(10, 2, 8, generator=generator) * 5
+    second = (torch.rand(n, generator=generator) < 0.75).long()
+    codes = centres[labels, second] + 0.5 * torch.randn(n, 8, generator=generator)
+    return codes, labels, centres
+
+
+def test_fit_class_prior_recovers_each_class_mixture():
+    model = CVAE(CVAEConfig(latent_dim=8, base_channels=4, prior="fitted", prior_components=2))
+    codes, labels, centres = _clusters(40_000)
+    fit_class_prior(model, codes, labels, seed=0)
+    for k in range(10):
+        order = model.prior_weights[k].argsort()  # the lighter component first
+        torch.testing.assert_close(
+            model.prior_weights[k][order], torch.tensor([0.25, 0.75]), atol=0.03, rtol=0
+        )
+        torch.testing.assert_close(model.prior_mean[k][order], centres[k], atol=0.05, rtol=0)
+        covariance = model.prior_scale_tril[k] @ model.prior_scale_tril[k].transpose(-1, -2)
+        torch.testing.assert_close(covariance, 0.25 * torch.eye(8).expand(2, 8, 8), atol=0.03, rtol=0)
+    # generation draws from it: the draws of class 3 sit in its two clusters, 1 : 3
+    z = model.prior_sample(torch.full((8000,), 3), torch.randn(8000, 8), torch.rand(8000))
+    nearest = torch.cdist(z, centres[3]).argmin(1)
+    assert nearest.float().mean().item() == pytest.approx(0.75, abs=0.02)
+    log_p = model.prior(torch.full((2,), 3)).log_prob(centres[3])  # densest at the centres
+    assert (log_p > model.prior(torch.full((2,), 3)).log_prob(centres[3] + 2)).all()
+
+
+def test_fit_class_prior_needs_enough_images_per_class():
+    model = CVAE(CVAEConfig(latent_dim=8, base_channels=4, prior="fitted", prior_components=3))
+    codes, labels, _ = _clusters(25)  # classes 0-4 have 3 images, 5-9 only 2
+    with pytest.raises(
+        ValueError, match="fitting 3 Gaussians to class 5 needs at least 3 training images of it, got 2"
+    ):
+        fit_class_prior(model, codes, labels, seed=0)
+
+
+def test_likelihood_terms_use_the_fitted_prior(model):
+    images, labels = torch.rand(5, 1, 28, 28), torch.arange(5)
+    before = likelihood_terms(
+        model, images, labels, samples=4, batch_size=8, device=torch.device("cpu"), seed=0
+    )
+    with torch.no_grad():
+        mu, logvar = model.encode(images, labels)
+        model.prior_mean[:5, 0] = mu  # a prior centred on each posterior: a smaller KL
+    after = likelihood_terms(
+        model, images, labels, samples=4, batch_size=8, device=torch.device("cpu"), seed=0
+    )
+    assert (after["kl"] < before["kl"]).all()
+    torch.testing.assert_close(after["reconstruction"], before["reconstruction"])  # same draws of z
+    expected_kl = 0.5 * (logvar.exp() - 1 - logvar).sum(1)  # KL(N(mu, s^2) || N(mu, 1))
+    torch.testing.assert_close(after["kl"], expected_kl, rtol=1e-4, atol=1e-4)
+
+
+def test_a_mixture_prior_kl_is_estimated_with_the_draws():
+    torch.manual_seed(0)
+    model = CVAE(CVAEConfig(latent_dim=8, base_channels=4, prior="fitted", prior_components=2))
+    images, labels = torch.rand(3, 1, 28, 28), torch.arange(3)
+    # two identical components: the same density as one Gaussian, whose KL is known
+    estimated = likelihood_terms(model, images, labels, 4000, 4000, torch.device("cpu"), seed=0)["kl"]
+    assert model.prior_weights.shape == (10, 2)
+    single = CVAE(CVAEConfig(latent_dim=8, base_channels=4))
+    single.load_state_dict(
+        {**model.state_dict(), **{k: v for k, v in single.state_dict().items() if "prior" in k}}
+    )
+    exact = likelihood_terms(single, images, labels, 4000, 4000, torch.device("cpu"), seed=0)["kl"]
+    torch.testing.assert_close(estimated, exact, rtol=0.05, atol=0.05)
+    again = likelihood_terms(model, images, labels, 4000, 4000, torch.device("cpu"), seed=0)["kl"]
+    assert torch.equal(again, estimated)  # deterministic per seed

@@ -6,10 +6,27 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.distributions import MultivariateNormal, kl_divergence
 
 from cvae_mnist.errors import ModelFileError
-from cvae_mnist.losses import kl_divergence, reconstruction_loss
+from cvae_mnist.losses import reconstruction_loss
 from cvae_mnist.model import CVAE, from_checkpoint
+
+
+@torch.inference_mode()
+def encode(
+    model: CVAE, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The posterior q(z | x, y) of each image: ``(mu, logvar)``, each ``[N, latent_dim]`` on the CPU."""
+    model.eval().to(device)
+    mus, logvars = [], []
+    for start in range(0, len(images), batch_size):
+        mu, logvar = model.encode(
+            images[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
+        )
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    return torch.cat(mus), torch.cat(logvars)
 
 
 @torch.inference_mode()
@@ -21,27 +38,44 @@ def reconstruct(
     Decoding ``mu`` (not a sample of z) gives the model's deterministic best guess,
     so the metrics do not depend on a random draw.
     """
+    mu, _ = encode(model, images, labels, batch_size, device)
+    return decode(model, mu, labels, batch_size, device)
+
+
+@torch.inference_mode()
+def decode(
+    model: CVAE, z: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """Bernoulli logits ``[N, 1, H, W]`` on the CPU of latent vectors ``z`` under ``labels``."""
     model.eval().to(device)
     out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device)
-        y = labels[start : start + batch_size].to(device)
-        mu, _ = model.encode(x, y)
-        out.append(model.decode(mu, y).float().cpu())
+    for start in range(0, len(z), batch_size):
+        out.append(
+            model.decode(
+                z[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
+            )
+            .float()
+            .cpu()
+        )
     return torch.cat(out)
 
 
 @torch.inference_mode()
-def generate(model: CVAE, labels: torch.Tensor, seed: int, device: torch.device) -> torch.Tensor:
-    """Decode one prior sample z ~ N(0, I) per label: images in [0, 1] on the CPU.
+def generate(
+    model: CVAE, labels: torch.Tensor, seed: int, device: torch.device, batch_size: int = 1000
+) -> torch.Tensor:
+    """Decode one draw of the model's prior p(z | y) per label: images in [0, 1] on the CPU.
 
-    The latent vectors are drawn from a CPU generator seeded with ``seed``, so the
-    same seed and labels give the same images on any device.
+    The prior is N(0, I) or the Gaussian mixture per class fitted after training
+    (``model.prior_sample``). Its noise is drawn from a CPU generator seeded with
+    ``seed``, so the same seed and labels give the same images on any device.
     """
     model.eval().to(device)
     generator = torch.Generator().manual_seed(seed)
-    z = torch.randn(len(labels), model.config.latent_dim, generator=generator)
-    return torch.sigmoid(model.decode(z.to(device), labels.to(device))).float().cpu()
+    noise = torch.randn(len(labels), model.config.latent_dim, generator=generator)
+    uniform = torch.rand(len(labels), generator=generator)  # picks mixture components
+    z = model.prior_sample(labels.to(device), noise.to(device), uniform.to(device))
+    return torch.sigmoid(decode(model, z, labels, batch_size, device))
 
 
 def load_model(checkpoint: dict, name: str = "cvae_model") -> CVAE:
@@ -71,31 +105,40 @@ def likelihood_terms(
 ) -> dict[str, torch.Tensor]:
     """Per-image terms of the likelihood, in nats, with ``samples`` draws of z ~ q(z | x, y).
 
-    Returns ``kl`` (analytic KL(q || N(0, I))), ``reconstruction`` (the mean over draws of
-    -log p(x | z, y), Bernoulli), ``neg_elbo`` (their sum, beta = 1) and ``iw_nll``, the
-    importance-weighted estimate of -log p(x | y) (Burda et al. 2016):
-    ``-log mean_k p(x | z_k, y) p(z_k) / q(z_k | x, y)``, which tightens as ``samples`` grows.
+    Returns ``kl`` (KL(q(z | x, y) || p(z | y)) under the model's prior: in closed form
+    for a Gaussian prior, estimated with the ``samples`` draws for a mixture),
+    ``reconstruction`` (the mean over draws of -log p(x | z, y), Bernoulli), ``neg_elbo``
+    (their sum, beta = 1) and ``iw_nll``, the importance-weighted estimate of
+    -log p(x | y) (Burda et al. 2016): ``-log mean_k p(x | z_k, y) p(z_k | y) / q(z_k | x, y)``,
+    which tightens as ``samples`` grows.
     """
     model.eval().to(device)
     generator = torch.Generator().manual_seed(seed)
     chunk = max(1, batch_size // samples)  # images per step: chunk * samples decodes at once
-    log_2pi = math.log(2 * math.pi)
     out: dict[str, list[torch.Tensor]] = {"kl": [], "reconstruction": [], "neg_elbo": [], "iw_nll": []}
     for start in range(0, len(images), chunk):
         x = images[start : start + chunk].to(device)
         y = labels[start : start + chunk].to(device)
         mu, logvar = (t.float() for t in model.encode(x, y))
+        posterior = MultivariateNormal(
+            mu, scale_tril=torch.diag_embed(torch.exp(0.5 * logvar)), validate_args=False
+        )
+        prior = model.prior(y)
         eps = torch.randn(samples, *mu.shape, generator=generator).to(device)
         z = mu + torch.exp(0.5 * logvar) * eps  # [samples, n, latent]
         logits = model.decode(z.flatten(0, 1), y.repeat(samples)).float()
         log_px = -reconstruction_loss(logits, x.repeat(samples, 1, 1, 1), "bce").view(samples, -1)
-        log_pz = -0.5 * (z.pow(2) + log_2pi).sum(-1)
-        log_qz = -0.5 * (eps.pow(2) + log_2pi + logvar).sum(-1)
-        kl = kl_divergence(mu, logvar)
+        log_q = posterior.log_prob(z)
+        log_p = prior.log_prob(z)
+        if model.prior_weights.shape[1] == 1:  # a Gaussian prior: the KL in closed form
+            gaussian = MultivariateNormal(model.prior_mean[y, 0], scale_tril=model.prior_scale_tril[y, 0])
+            kl = kl_divergence(posterior, gaussian)
+        else:  # a mixture has none: estimate it with the same draws
+            kl = (log_q - log_p).mean(0)
         reconstruction = -log_px.mean(0)
         out["kl"].append(kl.cpu())
         out["reconstruction"].append(reconstruction.cpu())
         out["neg_elbo"].append((reconstruction + kl).cpu())
-        log_w = log_px + log_pz - log_qz
+        log_w = log_px + log_p - log_q
         out["iw_nll"].append((math.log(samples) - torch.logsumexp(log_w, dim=0)).cpu())
     return {key: torch.cat(values) for key, values in out.items()}

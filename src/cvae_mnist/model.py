@@ -1,9 +1,13 @@
-"""The report's conditional VAE (Kingma et al. 2014, Sohn et al. 2015) for 28x28 digits.
+"""A conditional VAE (Kingma et al. 2014, Sohn et al. 2015) for 28x28 digits.
 
-Encoder q(z | x, y): the one-hot label is broadcast to ``num_classes`` extra input
-channels, two stride-2 convolutions, then linear heads for ``mu`` and ``logvar``.
-Decoder p(x | z, y): ``[z, one_hot(y)]`` through a linear layer and two stride-2
-transposed convolutions to one channel of Bernoulli logits.
+Encoder q(z | x, y): the label (one-hot, or a learned embedding) is broadcast to extra
+input channels, two stride-2 convolutions (optionally batch-normalised and followed by
+residual blocks), then linear heads for ``mu`` and ``logvar``.
+Decoder p(x | z, y): ``[z, label]`` through a linear layer, the same residual blocks,
+and two stride-2 transposed convolutions to one channel of Bernoulli logits.
+Prior p(z | y): a mixture of Gaussians per class (weights, means and Cholesky factors
+held as buffers), ``N(0, I)`` for every class unless ``cvae_mnist.prior`` fits it.
+With the defaults of :class:`CVAEConfig` this is exactly the report's model.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 
 @dataclass(frozen=True)
@@ -21,9 +26,26 @@ class CVAEConfig:
     """Everything needed to rebuild a :class:`CVAE`; saved beside its weights."""
 
     image_size: int = 28  # height = width; must be divisible by 4 (two stride-2 convs)
-    num_classes: int = 10  # size of the one-hot label
+    num_classes: int = 10
     latent_dim: int = 100  # size of z
     base_channels: int = 32  # channels of the first conv; the second has twice that
+    conditioning: str = "one_hot"  # label as a one-hot vector or a learned "embedding"
+    embedding_dim: int = 16  # size of the learned label embedding
+    normalization: str = "none"  # "none" or "batch" (batch norm after the inner convs)
+    residual_blocks: int = 0  # 3x3 residual blocks at the 1/4 resolution, in each of encoder and decoder
+    prior: str = "standard_normal"  # or "fitted": a Gaussian mixture per class, see cvae_mnist.prior
+    prior_components: int = 5  # Gaussians in each class's mixture when prior = "fitted"
+
+
+class ResidualBlock(nn.Sequential):
+    def __init__(self, channels: int, norm: type[nn.Module]) -> None:
+        super().__init__(
+            nn.Conv2d(channels, channels, 3, padding=1), norm(channels), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1), norm(channels),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + super().forward(x))
 
 
 class CVAE(nn.Module):
@@ -33,47 +55,57 @@ class CVAE(nn.Module):
         super().__init__()
         self.config = config
         self.label_lookup = label_lookup  # same function, computed faster; see encode()
-        c, k = config.base_channels, config.num_classes
+        c, k, d = config.base_channels, config.num_classes, config.latent_dim
+        self.embedding = nn.Embedding(k, config.embedding_dim) if config.conditioning == "embedding" else None
+        e = config.embedding_dim if self.embedding is not None else k
+        norm = nn.BatchNorm2d if config.normalization == "batch" else lambda _: nn.Identity()
+        blocks = [ResidualBlock(2 * c, norm) for _ in range(config.residual_blocks)]
         self.feature_size = config.image_size // 4
         flat = 2 * c * self.feature_size**2
-        self.encoder = nn.Sequential(
-            nn.Conv2d(1 + k, c, 4, stride=2, padding=1),
+        encoder = [
+            nn.Conv2d(1 + e, c, 4, stride=2, padding=1),
             nn.ReLU(),
             nn.Conv2d(c, 2 * c, 4, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Flatten(),
-        )
-        self.fc_mu = nn.Linear(flat, config.latent_dim)
-        self.fc_logvar = nn.Linear(flat, config.latent_dim)
-        self.decoder_input = nn.Linear(config.latent_dim + k, flat)
+        ]
+        self.encoder = nn.Sequential(*encoder, *_drop(norm(2 * c)), nn.ReLU(), *blocks, nn.Flatten())
+        self.fc_mu = nn.Linear(flat, d)
+        self.fc_logvar = nn.Linear(flat, d)
+        self.decoder_input = nn.Linear(d + e, flat)
         self.decoder = nn.Sequential(
-            nn.ReLU(),
-            nn.Unflatten(1, (2 * c, self.feature_size, self.feature_size)),
-            nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1),
-            nn.ReLU(),
+            nn.Unflatten(1, (2 * c, self.feature_size, self.feature_size)), *_drop(norm(2 * c)), nn.ReLU(),
+            *[ResidualBlock(2 * c, norm) for _ in range(config.residual_blocks)],
+            nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1), *_drop(norm(c)), nn.ReLU(),
             nn.ConvTranspose2d(c, 1, 4, stride=2, padding=1),
-        )
+        )  # fmt: skip
+        m = config.prior_components if config.prior == "fitted" else 1
+        self.register_buffer("prior_weights", torch.full((k, m), 1 / m))
+        self.register_buffer("prior_mean", torch.zeros(k, m, d))
+        self.register_buffer("prior_scale_tril", torch.eye(d).repeat(k, m, 1, 1))
 
-    def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
+    def label(self, labels: torch.Tensor) -> torch.Tensor:
+        """The label as the network sees it: one-hot or embedded, ``[N, e]``."""
+        if self.embedding is not None:
+            return self.embedding(labels)
         return F.one_hot(labels, self.config.num_classes).to(self.fc_mu.weight.dtype)
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.label_lookup:
-            y = self.one_hot(labels)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+            y = self.label(labels)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
             h = self.encoder(torch.cat([x, y.to(x.dtype)], dim=1))
         else:
             # A convolution is linear in its input channels, and the label channels take
             # only num_classes values: convolve the image channel, then add the label
             # channels' response, computed once per class instead of once per image.
-            conv = self.encoder[0]
-            k = self.config.num_classes
-            label_maps = torch.eye(k, device=x.device)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
-            per_class = F.conv2d(label_maps, conv.weight[:, 1:], None, conv.stride, conv.padding)
+            conv, k = self.encoder[0], self.config.num_classes
+            classes = self.label(torch.arange(k, device=x.device))[:, :, None, None]
+            per_class = F.conv2d(
+                classes.expand(-1, -1, *x.shape[-2:]), conv.weight[:, 1:], None, conv.stride, conv.padding
+            )
             h = F.conv2d(x, conv.weight[:, :1], conv.bias, conv.stride, conv.padding)
             # one-hot @ table picks each image's response (its backward is a GEMM, not a
             # scatter), laid out channels-last like the convolution's output
             table = per_class.permute(0, 2, 3, 1).flatten(1).to(h.dtype)
-            rows = self.one_hot(labels).to(h.dtype) @ table
+            rows = F.one_hot(labels, k).to(h.dtype) @ table
             h = h + rows.view(len(labels), *h.shape[2:], h.shape[1]).permute(0, 3, 1, 2)
             h = self.encoder[1:](h)
         return self.fc_mu(h), self.fc_logvar(h)
@@ -85,7 +117,25 @@ class CVAE(nn.Module):
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Return Bernoulli logits of shape ``[N, 1, image_size, image_size]``."""
-        return self.decoder(self.decoder_input(torch.cat([z, self.one_hot(labels)], dim=1)))
+        return self.decoder(self.decoder_input(torch.cat([z, self.label(labels).to(z.dtype)], dim=1)))
+
+    def prior(self, labels: torch.Tensor) -> MixtureSameFamily:
+        """p(z | y) of each label, a batch of Gaussian mixtures."""
+        return MixtureSameFamily(
+            Categorical(probs=self.prior_weights[labels], validate_args=False),
+            MultivariateNormal(
+                self.prior_mean[labels], scale_tril=self.prior_scale_tril[labels], validate_args=False
+            ),
+            validate_args=False,
+        )
+
+    def prior_sample(self, labels: torch.Tensor, noise: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        """Draws of p(z | y) from standard normal ``noise`` ``[N, latent_dim]`` and ``uniform``
+        ``[N]`` in [0, 1), which picks each draw's mixture component."""
+        cumulative = self.prior_weights[labels].cumsum(dim=1)
+        component = torch.searchsorted(cumulative, uniform[:, None]).clamp(max=cumulative.shape[1] - 1)[:, 0]
+        scale = self.prior_scale_tril[labels, component]
+        return self.prior_mean[labels, component] + (scale @ noise.unsqueeze(-1)).squeeze(-1)
 
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor
@@ -94,8 +144,13 @@ class CVAE(nn.Module):
         return self.decode(self.reparameterize(mu, logvar), labels), mu, logvar
 
 
+def _drop(module: nn.Module) -> list[nn.Module]:
+    """``[module]``, or nothing for an identity (keeps the report's layer indices)."""
+    return [] if isinstance(module, nn.Identity) else [module]
+
+
 def to_checkpoint(model: CVAE) -> dict[str, Any]:
-    """Return the model as plain data (config + weights) for ``torch.save``."""
+    """Return the model as plain data (config + weights and prior) for ``torch.save``."""
     return {"config": asdict(model.config), "state_dict": model.state_dict()}
 
 

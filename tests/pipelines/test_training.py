@@ -90,6 +90,42 @@ def test_a_diverging_run_names_epoch_batch_and_cause(train_set, tiny_raw):
         )
 
 
+def test_the_kl_weight_ramps_up_over_the_warmup_epochs():
+    config = TrainingConfig(beta=0.5, kl_warmup_epochs=2, device="cpu")
+    trainer = Trainer.create(MODEL, config, torch.device("cpu"), steps_per_epoch=10)
+    weights = []
+    for step in range(25):
+        trainer.step = step
+        weights.append(trainer.kl_weight())
+    assert weights[0] == pytest.approx(0.5 / 20) and weights[9] == pytest.approx(0.25)
+    assert weights[19:] == [0.5] * 6
+    assert all(a < b for a, b in zip(weights[:19], weights[1:20]))
+    assert Trainer.create(MODEL, TrainingConfig(beta=0.5), torch.device("cpu")).kl_weight() == 0.5
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_a_learning_rate_schedule_steps_once_per_batch(train_set, schedule):
+    config = TrainingConfig(batch_size=32, epochs=2, device="cpu", lr=0.01, lr_schedule=schedule)
+    trainer = Trainer.create(MODEL, config, torch.device("cpu"), steps_per_epoch=4)
+    used = []  # the learning rate of each batch
+    step = trainer.scheduler.step
+
+    def record_then_step():
+        used.append(trainer.optimizer.param_groups[0]["lr"])
+        step()
+
+    trainer.scheduler.step = record_then_step
+    for epoch in (1, 2):
+        trainer.train_epoch(train_set, torch.Generator().manual_seed(0), epoch)
+    assert trainer.step == len(used) == 8
+    assert max(used) == pytest.approx(0.01, rel=0.05)  # onecycle peaks between two batches
+    assert used[-1] < 0.01 * 0.05  # annealed by the last planned batch
+    if schedule == "onecycle":
+        assert used[0] < 0.01 / 20  # it warms up first
+    else:
+        assert used == sorted(used, reverse=True)
+
+
 class TestCheckpoints:
     TRAINING = {"batch_size": 32, "device": "cpu"}
 
@@ -112,6 +148,63 @@ class TestCheckpoints:
         for key in ("train_loss", "test_loss", "train_kl", "test_reconstruction"):
             assert resumed_history[key] == full_history[key]
         assert store.read()["epoch"] == 3
+
+    def test_schedules_augmentation_and_the_default_architecture_resume_bit_for_bit(self, data, tmp_path):
+        """A run stopped after its first epoch (as a kill would) and resumed ends like an
+        uninterrupted one, with the learning-rate schedule, KL warm-up and augmentation."""
+        model = {
+            **MODEL.__dict__,
+            "conditioning": "embedding",
+            "normalization": "batch",
+            "residual_blocks": 1,
+        }
+        changes = {
+            "lr_schedule": "onecycle",
+            "kl_warmup_epochs": 2,
+            "augment_rotation": 10,
+            "augment_shift": 2,
+        }
+        params = {**self.TRAINING, "epochs": 3, **changes}
+        full_model, full_history = train_cvae(*data, None, model, params, seed=0)
+
+        class Stop(Exception):
+            pass
+
+        store = CheckpointDataset(filepath=str(tmp_path / "checkpoint.pt")).load()
+        write = store.write
+
+        def write_then_stop(state):
+            write(state)
+            raise Stop
+
+        store.write = write_then_stop
+        with pytest.raises(Stop):
+            train_cvae(*data, store, model, params, seed=0)
+        store.write = write
+        resumed_model, resumed_history = train_cvae(*data, store, model, {**params, "resume": True}, seed=0)
+        for name, tensor in full_model["state_dict"].items():
+            assert torch.equal(resumed_model["state_dict"][name], tensor), name
+        assert resumed_history["train_loss"] == full_history["train_loss"]
+
+    def test_another_prior_resumes_a_finished_run_without_training(self, data, tmp_path):
+        store = CheckpointDataset(filepath=str(tmp_path / "checkpoint.pt")).load()
+        params = {**self.TRAINING, "epochs": 1}
+        model, history = train_cvae(
+            *data, store, {**MODEL.__dict__, "prior": "fitted"}, params, seed=0
+        )
+        again, again_history = train_cvae(
+            *data, store, {**MODEL.__dict__, "prior": "standard_normal"}, {**params, "resume": True}, seed=0
+        )
+        assert again_history == history
+        assert again["config"]["prior"] == "standard_normal"
+        trained = [k for k in model["state_dict"] if not k.startswith("prior_")]
+        assert trained and all(torch.equal(again["state_dict"][k], model["state_dict"][k]) for k in trained)
+
+    def test_a_schedule_cannot_resume_with_other_epochs(self, data, tmp_path):
+        store = CheckpointDataset(filepath=str(tmp_path / "checkpoint.pt")).load()
+        self._train(data, store, epochs=1, lr_schedule="cosine")
+        with pytest.raises(ModelFileError, match=r"training.epochs: checkpoint 1, parameters 2"):
+            self._train(data, store, epochs=2, resume=True, lr_schedule="cosine")
 
     def test_a_finished_run_is_not_retrained(self, data, tmp_path):
         store = CheckpointDataset(filepath=str(tmp_path / "checkpoint.pt")).load()

@@ -16,12 +16,14 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from cvae_mnist.augmentation import random_affine
 from cvae_mnist.config import TrainingConfig, parse_section, parse_seed
 from cvae_mnist.datasets import CheckpointStore
-from cvae_mnist.errors import ModelFileError, TrainingDivergedError
-from cvae_mnist.inference import load_model
+from cvae_mnist.errors import DataError, ModelFileError, TrainingDivergedError
+from cvae_mnist.inference import encode, load_model
 from cvae_mnist.losses import cvae_loss
 from cvae_mnist.model import CVAE, CVAEConfig, to_checkpoint
+from cvae_mnist.prior import fit_class_prior
 from cvae_mnist.runtime import mixed_precision_dtype, seed_everything, select_device
 from cvae_mnist.serving import CVAEGenerator
 
@@ -63,10 +65,15 @@ class Trainer:
     config: TrainingConfig
     device: torch.device
     autocast_dtype: torch.dtype | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    steps_per_epoch: int = 1
+    step: int = 0  # optimizer steps taken so far (drives the KL warm-up)
     _step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]] = field(init=False, repr=False)
 
     @classmethod
-    def create(cls, model_config: CVAEConfig, config: TrainingConfig, device: torch.device) -> Trainer:
+    def create(
+        cls, model_config: CVAEConfig, config: TrainingConfig, device: torch.device, steps_per_epoch: int = 1
+    ) -> Trainer:
         model = CVAE(model_config, label_lookup=config.label_lookup).to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -75,12 +82,30 @@ class Trainer:
             model.parameters(), lr=config.lr, betas=(config.momentum, 0.999), fused=fused
         )
         dtype = mixed_precision_dtype(device) if config.mixed_precision else None
-        return cls(model, optimizer, config, device, dtype)
+        trainer = cls(model, optimizer, config, device, dtype)
+        trainer.steps_per_epoch = steps_per_epoch
+        total = config.epochs * steps_per_epoch
+        if config.lr_schedule == "onecycle":
+            trainer.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=config.lr, total_steps=total
+            )
+        elif config.lr_schedule == "cosine":
+            trainer.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        return trainer
 
     def __post_init__(self) -> None:
         self._step = torch.compile(self._plain_step) if self.config.compile else self._plain_step
 
-    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def kl_weight(self) -> float:
+        """beta, ramped up linearly over the first ``kl_warmup_epochs`` (per step)."""
+        warmup_steps = self.config.kl_warmup_epochs * self.steps_per_epoch
+        if warmup_steps == 0:
+            return self.config.beta
+        return self.config.beta * min(1.0, (self.step + 1) / warmup_steps)
+
+    def _forward(
+        self, x: torch.Tensor, y: torch.Tensor, beta: float | None = None
+    ) -> tuple[torch.Tensor, ...]:
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(
@@ -88,10 +113,11 @@ class Trainer:
         ):
             logits, mu, logvar = self.model(x, y)
         c = self.config
-        return cvae_loss(logits, x, mu, logvar, kind=c.loss, beta=c.beta, fused=c.fused_bce)
+        beta = c.beta if beta is None else beta
+        return cvae_loss(logits, x, mu, logvar, kind=c.loss, beta=beta, fused=c.fused_bce)
 
-    def _plain_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        terms = self._forward(x, y)
+    def _plain_step(self, x: torch.Tensor, y: torch.Tensor, beta: float) -> tuple[torch.Tensor, ...]:
+        terms = self._forward(x, y, beta)
         self.optimizer.zero_grad(set_to_none=True)
         terms[0].backward()
         self.optimizer.step()
@@ -110,8 +136,13 @@ class Trainer:
             unit="batch",
             mininterval=1.0 if sys.stderr.isatty() else 30.0,  # keep logs of non-interactive runs short
         )
-        for batch, (x, y) in enumerate(progress, start=1):
-            terms = [value.item() for value in self._step(x.to(self.device), y.to(self.device))]
+        c = self.config
+        for batch, (images, y) in enumerate(progress, start=1):
+            x = random_affine(images, c.augment_rotation, c.augment_shift, generator).to(self.device)
+            terms = [value.item() for value in self._step(x, y.to(self.device), self.kl_weight())]
+            self.step += 1
+            if self.scheduler is not None:
+                self.scheduler.step()
             if not math.isfinite(terms[0]):
                 raise TrainingDivergedError(
                     f"The training loss became {terms[0]} at epoch {epoch}, batch {batch}. "
@@ -135,7 +166,15 @@ class Trainer:
 
 
 # Settings that must not change between a checkpoint and the run that resumes it.
-RESUME_MUST_MATCH = ("batch_size", "lr", "momentum", "loss", "beta")
+RESUME_MUST_MATCH = (
+    "batch_size", "lr", "momentum", "loss", "beta", "kl_warmup_epochs", "lr_schedule",
+    "augment_rotation", "augment_shift",
+)  # fmt: skip
+
+
+def _must_match(config: TrainingConfig) -> tuple[str, ...]:
+    # a learning-rate schedule spans the planned epochs, so they must match too
+    return RESUME_MUST_MATCH + (("epochs",) if config.lr_schedule != "constant" else ())
 
 
 def _checkpoint_state(
@@ -144,10 +183,12 @@ def _checkpoint_state(
     return {
         "epoch": epoch,
         "model_config": asdict(trainer.model.config),
-        "training": {key: getattr(trainer.config, key) for key in RESUME_MUST_MATCH},
+        "training": {key: getattr(trainer.config, key) for key in _must_match(trainer.config)},
         "seed": seed,
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+        "step": trainer.step,
         "rng": {
             "torch": torch.get_rng_state(),
             "shuffle": generator.get_state(),
@@ -161,14 +202,18 @@ def _checkpoint_state(
 def _restore(
     state: dict[str, Any], trainer: Trainer, generator: torch.Generator, seed: int, filepath: str
 ) -> None:
-    """Load a checkpoint into ``trainer`` after checking that it belongs to this run."""
+    """Load a checkpoint into ``trainer`` after checking that it belongs to this run.
+
+    ``model.prior`` may differ: the prior is fitted after training (``fit_prior``), so a
+    finished run can be resumed to try another prior without training again.
+    """
     expected = {
-        **{f"model.{k}": v for k, v in asdict(trainer.model.config).items()},
-        **{f"training.{k}": getattr(trainer.config, k) for k in RESUME_MUST_MATCH},
+        **{f"model.{k}": v for k, v in asdict(trainer.model.config).items() if k != "prior"},
+        **{f"training.{k}": getattr(trainer.config, k) for k in _must_match(trainer.config)},
         "seed": seed,
     }
     saved = {
-        **{f"model.{k}": v for k, v in state["model_config"].items()},
+        **{f"model.{k}": v for k, v in state["model_config"].items() if k != "prior"},
         **{f"training.{k}": v for k, v in state["training"].items()},
         "seed": state["seed"],
     }
@@ -182,8 +227,13 @@ def _restore(
             f"Cannot resume from {filepath}: it was written with other settings ({'; '.join(differences)}). "
             "Resume with the settings it was written with, or set training.resume=false to start over."
         )
-    trainer.model.load_state_dict(state["model"])
+    # the prior's buffers are not trained (fit_prior sets them): keep this run's
+    prior = {k: v for k, v in trainer.model.state_dict().items() if k.startswith("prior_")}
+    trainer.model.load_state_dict({**state["model"], **prior})
     trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.scheduler is not None:
+        trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.step = state["step"]
     torch.set_rng_state(state["rng"]["torch"])
     generator.set_state(state["rng"]["shuffle"])
     random.setstate(state["rng"]["python"])
@@ -221,7 +271,12 @@ def train_cvae(
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = select_device(config.device)
-    trainer = Trainer.create(model_config, config, device)
+    trainer = Trainer.create(
+        model_config,
+        config,
+        device,
+        steps_per_epoch=math.ceil(len(mnist_train["labels"]) / config.batch_size),
+    )
     history: dict[str, list[float]] = {"epoch": [], "seconds": []}
     if config.resume and training_checkpoint is not None and training_checkpoint.exists():
         state = training_checkpoint.read()
@@ -273,6 +328,46 @@ def train_cvae(
             training_checkpoint.write(_checkpoint_state(trainer, generator, epoch, history, seed))
     model = trainer.model.cpu().to(memory_format=torch.contiguous_format)
     return to_checkpoint(model), history
+
+
+def fit_prior(
+    trained_cvae: dict[str, Any],
+    mnist_train: dict[str, torch.Tensor],
+    training_parameters: dict[str, Any],
+    seed: int,
+) -> dict[str, Any]:
+    """Fit the model's prior p(z | y) to the encoded training set when ``model.prior`` asks for it.
+
+    With ``prior: fitted`` each class gets a mixture of ``prior_components`` Gaussians
+    fitted to its images' posterior means (:func:`cvae_mnist.prior.fit_class_prior`);
+    with ``standard_normal`` the model is returned as it is. Every generator (evaluation, figures, the generation
+    pipeline, the served model) samples from this prior.
+
+    Args:
+        trained_cvae: The model checkpoint from :func:`train_cvae`.
+        mnist_train: Training set, ``{"images", "labels"}``.
+        training_parameters: The ``training`` parameters (device, ``test_batch_size``).
+        seed: Seed of the mixtures' initialisation.
+
+    Returns:
+        The checkpoint with the prior in its weights.
+    """
+    model = load_model(trained_cvae)
+    if model.config.prior == "standard_normal":
+        return trained_cvae
+    config = parse_section(TrainingConfig, "training", training_parameters)
+    images, labels = mnist_train["images"], mnist_train["labels"]
+    mu, _ = encode(model, images, labels, config.test_batch_size, select_device(config.device))
+    try:
+        fit_class_prior(model.cpu(), mu, labels, parse_seed(seed))
+    except ValueError as error:
+        raise DataError(f"Cannot fit the prior (model.prior = fitted): {error}.") from None
+    logger.info(
+        "Fitted p(z | y), %d Gaussians per class, to %d encoded training images",
+        model.config.prior_components,
+        len(labels),
+    )
+    return to_checkpoint(model)
 
 
 def history_to_mlflow_metrics(training_history: dict[str, list[float]]) -> dict[str, list[dict[str, float]]]:

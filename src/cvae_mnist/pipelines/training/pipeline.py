@@ -2,7 +2,12 @@
 
 from kedro.pipeline import Pipeline, node
 
-from cvae_mnist.pipelines.training.nodes import build_generator, history_to_mlflow_metrics, train_cvae
+from cvae_mnist.pipelines.training.nodes import (
+    build_generator,
+    fit_prior,
+    history_to_mlflow_metrics,
+    train_cvae,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -18,8 +23,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:training",
                     "params:seed",
                 ],
-                outputs=["cvae_model", "training_history"],
+                outputs=["trained_cvae", "training_history"],
                 name="train_cvae_node",
+            ),
+            node(
+                func=fit_prior,
+                inputs=["trained_cvae", "mnist_train", "params:training", "params:seed"],
+                outputs="cvae_model",
+                name="fit_prior_node",
             ),
             node(
                 func=build_generator,

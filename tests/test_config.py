@@ -1,7 +1,13 @@
+from dataclasses import asdict
+from pathlib import Path
+
 import pytest
+from kedro.config import OmegaConfigLoader
 
 from cvae_mnist.config import TrainingConfig, parse_section, validate_parameters
 from cvae_mnist.errors import ParameterError
+from cvae_mnist.model import CVAEConfig
+from cvae_mnist.settings import CONFIG_LOADER_ARGS
 
 
 def test_defaults_are_the_reports():
@@ -50,6 +56,28 @@ def test_bad_parameters_are_named_with_value_and_rule(params, message):
     with pytest.raises(ParameterError) as error:
         validate_parameters(params)
     assert message in str(error.value)
+
+
+def test_the_report_environment_pins_the_reports_configuration():
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    args = {k: v for k, v in CONFIG_LOADER_ARGS.items() if k != "default_run_env"}
+    params = OmegaConfigLoader(str(conf), env="report", **args)["parameters"]
+    validate_parameters(params)
+    assert params["model"] == asdict(CVAEConfig()) | {"embedding_dim": params["model"]["embedding_dim"]}
+    training = parse_section(TrainingConfig, "training", params["training"])
+    report = {"batch_size": 128, "test_batch_size": 128, "epochs": 10, "lr": 0.001, "momentum": 0.9}
+    assert {key: getattr(training, key) for key in report} == report
+    assert (training.loss, training.beta, training.kl_warmup_epochs, training.lr_schedule) == (
+        "bce",
+        1.0,
+        0,
+        "constant",
+    )
+    assert (training.augment_rotation, training.augment_shift) == (0, 0)
+    assert params["seed"] == 1
+    # and the default differs from it: that is the point of having both
+    base = OmegaConfigLoader(str(conf), env="base", **args)["parameters"]
+    assert base["model"] != params["model"]
 
 
 def test_valid_parameters_pass():

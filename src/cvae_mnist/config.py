@@ -43,6 +43,10 @@ OPTIONAL_DIGIT: Check = (
 )
 
 
+def int_at_least(minimum: int) -> Check:
+    return (lambda v: _is_int(v) and v >= minimum, f"an integer >= {minimum}")
+
+
 def one_of(*choices: Any) -> Check:
     return (lambda v: v in choices, "one of " + ", ".join(map(repr, choices)))
 
@@ -57,6 +61,12 @@ MODEL_CHECKS: dict[str, Check] = {
     "num_classes": POSITIVE_INT,
     "latent_dim": POSITIVE_INT,
     "base_channels": POSITIVE_INT,
+    "conditioning": one_of("one_hot", "embedding"),
+    "embedding_dim": POSITIVE_INT,
+    "normalization": one_of("none", "batch"),
+    "residual_blocks": NON_NEGATIVE_INT,
+    "prior": one_of("standard_normal", "fitted"),
+    "prior_components": POSITIVE_INT,
 }
 
 
@@ -75,6 +85,10 @@ class TrainingConfig:
     momentum: float = knob(0.9, PROBABILITY)  # the report's value, kept as Adam's beta1
     loss: str = knob("bce", one_of(*RECONSTRUCTION_LOSSES))
     beta: float = knob(1.0, NON_NEGATIVE_NUMBER)  # weight of the KL term
+    kl_warmup_epochs: float = knob(0, NON_NEGATIVE_NUMBER)  # KL weight ramps linearly from 0 to beta
+    lr_schedule: str = knob("constant", one_of("constant", "onecycle", "cosine"))
+    augment_rotation: float = knob(0.0, NON_NEGATIVE_NUMBER)  # random rotation, up to +- degrees
+    augment_shift: float = knob(0.0, NON_NEGATIVE_NUMBER)  # random shift, up to +- pixels
     device: str = knob("auto", one_of("auto", "cpu", "cuda", "mps"))
     resume: bool = knob(False, BOOLEAN)  # continue from the last complete epoch's checkpoint
     # Speed levers (benchmarks/train_speed.py measures them); false = the plain path.
@@ -96,13 +110,15 @@ class EvaluationConfig:
     samples_per_class: int = knob(1000, POSITIVE_INT)  # generated digits per class for cond_accuracy, fid
     images_per_class: int = knob(3, POSITIVE_INT)  # real/reconstructed pairs per class
     generated_per_class: int = knob(10, POSITIVE_INT)  # columns of the generated grid
+    interpolation_steps: int = knob(10, int_at_least(2))  # points on each path
+    worst_examples: int = knob(12, POSITIVE_INT)  # digits in the worst-reconstructions figure
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    epochs: int = knob(3, POSITIVE_INT)
+    epochs: int = knob(5, POSITIVE_INT)
     batch_size: int = knob(128, POSITIVE_INT)
-    lr: float = knob(1e-3, POSITIVE_NUMBER)
+    lr: float = knob(3e-3, POSITIVE_NUMBER)  # peak of the one-cycle schedule
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,15 @@ OUR_COLUMNS = [
     "classifier_accuracy",
 ]
 
+FIGURES = (
+    "reconstructions",
+    "generated_digits",
+    "training_curves",
+    "latent_interpolation",
+    "label_swap",
+    "worst_reconstructions",
+)
+
 
 def test_pipelines_run_on_an_in_memory_catalog(tiny_raw, tmp_path):
     catalog = DataCatalog()
@@ -44,9 +53,7 @@ def test_pipelines_run_on_an_in_memory_catalog(tiny_raw, tmp_path):
         "training_metrics",
         "test_metrics",
         "cvae_generator",
-        "reconstructions_figure",
-        "generated_digits_figure",
-        "training_curves_figure",
+        *(f"{name}_figure" for name in FIGURES),
     }
     test_metrics = catalog["test_metrics"].load()
     assert set(test_metrics) == set(METRIC_COLUMNS + OUR_COLUMNS)
@@ -73,7 +80,7 @@ def test_kedro_run_writes_metrics_and_figures(project):
     assert (project / "data" / "06_models" / "digit_classifier.pt").exists()
     assert metrics["n_images"].item() == 40
     assert 0 < metrics["ssim"].item() < 1 and 0 < metrics["psnr"].item() < 100
-    for figure in ("reconstructions", "generated_digits", "training_curves"):
+    for figure in FIGURES:
         assert (project / "data" / "08_reporting" / f"{figure}.png").stat().st_size > 1000
     assert (project / "data" / "06_models" / "cvae.pt").exists()
 

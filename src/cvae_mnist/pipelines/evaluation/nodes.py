@@ -16,7 +16,7 @@ from cvae_mnist.classifier import DigitClassifier, frechet_distance, predict
 from cvae_mnist.classifier import train_classifier as train_digit_classifier
 from cvae_mnist.config import ClassifierConfig, EvaluationConfig, parse_section, parse_seed
 from cvae_mnist.datasets import CheckpointStore
-from cvae_mnist.inference import generate, likelihood_terms, load_model, reconstruct
+from cvae_mnist.inference import decode, encode, generate, likelihood_terms, load_model, reconstruct
 from cvae_mnist.losses import reconstruction_loss
 from cvae_mnist.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from cvae_mnist.plotting import digit_grid_figure, show_grid
@@ -279,7 +279,116 @@ def plot_generated_digits(cvae_model: dict[str, Any], parameters: dict[str, Any]
     columns = config.generated_per_class
     labels = torch.arange(model.config.num_classes).repeat_interleave(columns)
     images = generate(model, labels, parse_seed(seed), select_device(config.device))
-    return digit_grid_figure(images, columns, "generated from z ~ N(0, I); row = requested digit")
+    return digit_grid_figure(
+        images, columns, f"generated from the prior ({model.config.prior}); row = requested digit"
+    )
+
+
+def _first_of_each_class(labels: torch.Tensor, num_classes: int, skip: int = 0) -> torch.Tensor:
+    """Index of the ``skip``-th test image of each class (classes without one are left out)."""
+    found = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
+    return torch.stack([f[skip] for f in found if len(f) > skip])
+
+
+def plot_latent_interpolation(
+    cvae_model: dict[str, Any], mnist_test: dict[str, torch.Tensor], parameters: dict[str, Any]
+) -> Figure:
+    """Walk in latent space between two test digits of the same class, one row per class.
+
+    Each row: the first test digit, the decoded points of the straight line between the
+    two digits' posterior means (``interpolation_steps`` of them, ends included), the
+    second test digit.
+
+    Args:
+        cvae_model: The trained model checkpoint.
+        mnist_test: Test set, ``{"images", "labels"}``.
+        parameters: The ``evaluation`` parameters.
+
+    Returns:
+        The figure.
+    """
+    config = parse_section(EvaluationConfig, "evaluation", parameters)
+    model = load_model(cvae_model)
+    device = select_device(config.device)
+    images, labels = mnist_test["images"], mnist_test["labels"]
+    first = _first_of_each_class(labels, model.config.num_classes)
+    second = _first_of_each_class(labels, model.config.num_classes, skip=1)
+    rows = min(len(first), len(second))
+    first, second = first[:rows], second[:rows]
+    row_labels = labels[first]
+    mu_a, _ = encode(model, images[first], row_labels, config.batch_size, device)
+    mu_b, _ = encode(model, images[second], row_labels, config.batch_size, device)
+    weights = torch.linspace(0, 1, config.interpolation_steps)[None, :, None]
+    path = (1 - weights) * mu_a[:, None] + weights * mu_b[:, None]  # [rows, steps, latent]
+    steps = config.interpolation_steps
+    decoded = torch.sigmoid(
+        decode(model, path.flatten(0, 1), row_labels.repeat_interleave(steps), config.batch_size, device)
+    ).view(rows, steps, *images.shape[1:])
+    grid = torch.cat([images[first][:, None], decoded, images[second][:, None]], dim=1).flatten(0, 1)
+    return digit_grid_figure(grid, steps + 2, "latent interpolation: test digit, decoded path, test digit")
+
+
+def plot_label_swap(
+    cvae_model: dict[str, Any], mnist_test: dict[str, torch.Tensor], parameters: dict[str, Any]
+) -> Figure:
+    """One latent vector decoded under each of the labels: the style stays, the class changes.
+
+    Each row: a test digit, then its posterior mean decoded under label 0, 1, ..., 9.
+
+    Args:
+        cvae_model: The trained model checkpoint.
+        mnist_test: Test set, ``{"images", "labels"}``.
+        parameters: The ``evaluation`` parameters.
+
+    Returns:
+        The figure.
+    """
+    config = parse_section(EvaluationConfig, "evaluation", parameters)
+    model = load_model(cvae_model)
+    device = select_device(config.device)
+    k = model.config.num_classes
+    index = _first_of_each_class(mnist_test["labels"], k)
+    images, labels = mnist_test["images"][index], mnist_test["labels"][index]
+    mu, _ = encode(model, images, labels, config.batch_size, device)
+    decoded = torch.sigmoid(
+        decode(
+            model, mu.repeat_interleave(k, 0), torch.arange(k).repeat(len(index)), config.batch_size, device
+        )
+    ).view(len(index), k, *images.shape[1:])
+    grid = torch.cat([images[:, None], decoded], dim=1).flatten(0, 1)
+    return digit_grid_figure(grid, k + 1, "test digit, then its latent vector decoded under labels 0-9")
+
+
+def plot_worst_reconstructions(
+    cvae_model: dict[str, Any], mnist_test: dict[str, torch.Tensor], parameters: dict[str, Any]
+) -> Figure:
+    """The test digits the model reconstructs worst (highest BCE), each above its reconstruction.
+
+    Args:
+        cvae_model: The trained model checkpoint.
+        mnist_test: Test set, ``{"images", "labels"}``.
+        parameters: The ``evaluation`` parameters (``worst_examples`` digits).
+
+    Returns:
+        The figure; each digit's title is its label and BCE in nats.
+    """
+    config = parse_section(EvaluationConfig, "evaluation", parameters)
+    model = load_model(cvae_model)
+    images, labels = mnist_test["images"], mnist_test["labels"]
+    logits = reconstruct(model, images, labels, config.batch_size, select_device(config.device))
+    bce = reconstruction_loss(logits, images, "bce")
+    worst = bce.argsort(descending=True)[: config.worst_examples]
+    figure, axes = plt.subplots(
+        2, len(worst), figsize=(len(worst) * 0.9 + 0.4, 2.6), layout="constrained", squeeze=False
+    )
+    for column, i in enumerate(worst.tolist()):
+        for row, image in enumerate((images[i, 0], torch.sigmoid(logits[i, 0]))):
+            axis = axes[row, column]
+            axis.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1)
+            axis.axis("off")
+        axes[0, column].set_title(f"{labels[i].item()}: {bce[i].item():.0f}", fontsize=8)
+    figure.suptitle("worst-reconstructed test digits (label: BCE in nats); top real, bottom reconstruction")
+    return figure
 
 
 def plot_training_curves(training_history: dict[str, list[float]]) -> Figure:

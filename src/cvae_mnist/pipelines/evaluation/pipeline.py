@@ -10,8 +10,11 @@ from cvae_mnist.pipelines.evaluation.nodes import (
     get_digit_classifier,
     metrics_to_mlflow,
     plot_generated_digits,
+    plot_label_swap,
+    plot_latent_interpolation,
     plot_reconstructions,
     plot_training_curves,
+    plot_worst_reconstructions,
 )
 
 
@@ -73,6 +76,19 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="generated_digits_figure",
                 name="plot_generated_digits_node",
             ),
+            *[
+                node(
+                    func=plot,
+                    inputs=["cvae_model", "mnist_test", "params:evaluation"],
+                    outputs=f"{name}_figure",
+                    name=f"plot_{name}_node",
+                )
+                for name, plot in (
+                    ("latent_interpolation", plot_latent_interpolation),
+                    ("label_swap", plot_label_swap),
+                    ("worst_reconstructions", plot_worst_reconstructions),
+                )
+            ],
             node(
                 func=plot_training_curves,
                 inputs="training_history",

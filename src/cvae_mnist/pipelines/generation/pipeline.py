@@ -17,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 func=plot_generated,
                 inputs="generated_digits",
-                outputs="generated_digits_grid",
+                outputs="generation_figure",
                 name="plot_generated_node",
             ),
         ]

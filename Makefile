@@ -6,7 +6,7 @@ PYTHON ?= python3
 export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install run smoke test lint viz viz-build mlflow-ui serve benchmark clean
+.PHONY: install run report smoke test lint viz viz-build mlflow-ui serve benchmark ablations clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ install: $(BIN)/.installed  ## create .venv and install the project with its tes
 run: install  ## the full run: ingest MNIST, train 10 epochs, evaluate (conf/base + conf/local)
 	$(BIN)/kedro run
 
+report: install  ## the report's configuration, measured by our code (conf/report; results in data/*/report)
+	$(BIN)/kedro run --env report
+
 smoke: install  ## the whole flow on a sample in about a minute (conf/smoke)
 	$(BIN)/kedro run --env smoke
 
@@ -26,8 +29,8 @@ test: install  ## the test suite (tiny synthetic data, no network)
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 viz: install  ## Kedro-Viz on http://127.0.0.1:4141
 	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
@@ -46,6 +49,9 @@ serve: install  ## serve the newest logged model on http://127.0.0.1:5001 (or MO
 benchmark: install  ## training speed: the report's loop against ours, side by side
 	test -f data/05_model_input/mnist_train.pt || $(BIN)/kedro run --pipeline data_ingestion
 	$(BIN)/python benchmarks/train_speed.py
+
+ablations: install  ## the report's next steps, one change at a time from the default (needs a full run first)
+	$(BIN)/python benchmarks/ablations.py
 
 clean:  ## remove generated data, runs and the venv (keeps the raw MNIST files)
 	find data -mindepth 2 -not -name .gitkeep -not -path 'data/01_raw/*' -delete

@@ -1,7 +1,13 @@
+import os
+
 import pytest
 import torch
 
 from mnist_fixtures import tiny_mnist_files
+
+# No usage data leaves a test run (kedro-telemetry would try, and log a connection error).
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,9 @@ N(0, I) are often not the digit asked for. Fitting a density to the latent codes
 training images after training (Ghosh et al. 2020, "From variational to deterministic
 autoencoders", ex-post density estimation) repairs the sampler without touching the
 network: here one mixture of full-covariance Gaussians per class, fitted by
-scikit-learn's EM to the posterior means of that class's images.
+scikit-learn's EM to one draw of z ~ q(z | x, y) per training image of that class, i.e. to
+the class's aggregate posterior. (Fitted to the posterior means alone, the mixture is
+too narrow to be a density for the likelihood metrics: draws of q fall outside it.)
 """
 
 from __future__ import annotations
@@ -20,21 +22,28 @@ REGULARIZATION = 1e-4  # added to each covariance's diagonal: keeps it positive 
 
 
 @torch.no_grad()
-def fit_class_prior(model: CVAE, mu: torch.Tensor, labels: torch.Tensor, seed: int) -> None:
-    """Fit ``model.config.prior_components`` Gaussians per class to the latent codes ``mu``.
+def fit_class_prior(
+    model: CVAE, mu: torch.Tensor, logvar: torch.Tensor, labels: torch.Tensor, seed: int
+) -> None:
+    """Fit ``model.config.prior_components`` Gaussians per class to draws of the posteriors.
 
     Args:
         model: The trained model; its prior buffers are replaced.
         mu: Posterior means of the training images, ``[N, latent_dim]``.
+        logvar: Their posterior log-variances, same shape.
         labels: Their classes, ``[N]``.
-        seed: Seed of the mixture's initialisation (k-means).
+        seed: Seed of the draws and of the mixtures' initialisation (k-means).
 
     Raises:
         ValueError: If a class has fewer images than components.
     """
     components = model.config.prior_components
+    generator = torch.Generator().manual_seed(seed)
+    draws = mu.double() + torch.exp(0.5 * logvar.double()) * torch.randn(
+        mu.shape, generator=generator, dtype=torch.float64
+    )
     for k in range(model.config.num_classes):
-        codes = mu[labels == k].double().numpy()
+        codes = draws[labels == k].numpy()
         if len(codes) < max(components, 2):
             raise ValueError(
                 f"fitting {components} Gaussians to class {k} needs at least {max(components, 2)} "

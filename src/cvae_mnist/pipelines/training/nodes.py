@@ -339,7 +339,7 @@ def fit_prior(
     """Fit the model's prior p(z | y) to the encoded training set when ``model.prior`` asks for it.
 
     With ``prior: fitted`` each class gets a mixture of ``prior_components`` Gaussians
-    fitted to its images' posterior means (:func:`cvae_mnist.prior.fit_class_prior`);
+    fitted to draws of its images' posteriors (:func:`cvae_mnist.prior.fit_class_prior`);
     with ``standard_normal`` the model is returned as it is. Every generator (evaluation, figures, the generation
     pipeline, the served model) samples from this prior.
 
@@ -357,9 +357,9 @@ def fit_prior(
         return trained_cvae
     config = parse_section(TrainingConfig, "training", training_parameters)
     images, labels = mnist_train["images"], mnist_train["labels"]
-    mu, _ = encode(model, images, labels, config.test_batch_size, select_device(config.device))
+    mu, logvar = encode(model, images, labels, config.test_batch_size, select_device(config.device))
     try:
-        fit_class_prior(model.cpu(), mu, labels, parse_seed(seed))
+        fit_class_prior(model.cpu(), mu, logvar, labels, parse_seed(seed))
     except ValueError as error:
         raise DataError(f"Cannot fit the prior (model.prior = fitted): {error}.") from None
     logger.info(

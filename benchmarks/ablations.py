@@ -1,0 +1,111 @@
+"""The report's next steps, measured one change at a time from the default configuration.
+
+Run from the project root after a full `kedro run` (so MNIST and the digit classifier exist):
+
+    .venv/bin/python benchmarks/ablations.py            # or: make ablations
+    .venv/bin/python benchmarks/ablations.py --only default beta_1
+
+Every variant is a real `kedro run --env ablation --params ...` (conf/ablation keeps its
+models and results apart from the default run's, and each run is logged to MLflow), one
+after the other so that their wall times compare. After each run its metrics.csv row is
+appended, with the variant's name, change and wall time, to
+data/08_reporting/ablations.csv, and the table so far is printed as Markdown.
+
+`prior_*` variants reuse the network trained by `default` (training.resume=true: a
+finished run is not retrained, only its prior is fitted again), so `default` runs first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+# name -> (what changes, --params); each is one change from conf/base/parameters.yml
+VARIANTS: dict[str, tuple[str, str]] = {
+    "default": ("nothing (the default configuration)", ""),
+    "prior_standard_normal": ("prior N(0, I), as the report", "model.prior=standard_normal,training.resume=true"),
+    "prior_one_gaussian": ("prior: 1 Gaussian per class, not 5", "model.prior_components=1,training.resume=true"),
+    "beta_1": ("beta 1.0 (the report's KL weight)", "training.beta=1.0"),
+    "kl_warmup": ("KL warm-up over the first epoch", "training.kl_warmup_epochs=1"),
+    "one_hot": ("one-hot label, no learned embedding", "model.conditioning=one_hot"),
+    "augmentation": ("augmentation: rotations +-10 deg, shifts +-2 px", "training.augment_rotation=10,training.augment_shift=2"),
+    "latent_200": ("latent_dim 200", "model.latent_dim=200"),
+    "onecycle": ("one-cycle learning-rate schedule", "training.lr_schedule=onecycle"),
+    "report_architecture": ("no batch norm, no residual blocks (report's layers)", "model.normalization=none,model.residual_blocks=0"),
+    "fp32": ("fp32 training (mixed_precision off)", "training.mixed_precision=false"),
+    "epochs_20": ("20 epochs (twice the budget)", "training.epochs=20"),
+}  # fmt: skip
+
+RESULTS = Path("data/08_reporting/ablations.csv")
+METRICS = Path("data/08_reporting/ablation/metrics.csv")
+SHOWN = (
+    "bce_per_image",
+    "mse_per_image",
+    "ssim",
+    "psnr",
+    "neg_elbo_per_image",
+    "iw_nll",
+    "cond_accuracy",
+    "fid",
+)
+
+
+def run(name: str, params: str) -> dict[str, str]:
+    command = [str(Path(sys.executable).with_name("kedro")), "run", "--env", "ablation"]
+    if params:
+        command += ["--params", params]
+    print(f"\n== {name}: {' '.join(command)}", flush=True)
+    started = time.perf_counter()
+    result = subprocess.run(command, check=False, env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"})
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"Error: the variant {name} failed (exit {result.returncode}); see the log above.")
+    with METRICS.open() as handle:
+        (row,) = csv.DictReader(handle)
+    return {
+        "variant": name,
+        "change": VARIANTS[name][0],
+        "params": params,
+        "wall_seconds": f"{seconds:.0f}",
+        **row,
+    }
+
+
+def markdown(rows: list[dict[str, str]]) -> str:
+    header = ["variant", "change", *SHOWN, "wall time"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        values = [f"{float(row[key]):.4g}" for key in SHOWN]
+        wall = f"{int(row['wall_seconds']) // 60} min {int(row['wall_seconds']) % 60} s"
+        lines.append("| " + " | ".join([row["variant"], row["change"], *values, wall]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=list(VARIANTS), help="run these variants only, in this order"
+    )
+    args = parser.parse_args()
+    names = args.only or list(VARIANTS)
+    rows: list[dict[str, str]] = []
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        rows.append(run(name, VARIANTS[name][1]))
+        with RESULTS.open("w", newline="") as handle:  # rewritten after every variant: never half a table
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"\nAblations so far ({date.today()}), written to {RESULTS}:\n{markdown(rows)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

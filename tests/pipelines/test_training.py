@@ -3,7 +3,7 @@ import torch
 
 from cvae_mnist.config import TrainingConfig
 from cvae_mnist.datasets import CheckpointDataset
-from cvae_mnist.errors import ModelFileError, TrainingDivergedError
+from cvae_mnist.errors import DataError, ModelFileError, TrainingDivergedError
 from cvae_mnist.model import CVAEConfig
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
 from cvae_mnist.pipelines.training import nodes as training_nodes
@@ -240,3 +240,26 @@ class TestCheckpoints:
         ):
             self._train(data, store, epochs=2, resume=True)
         assert store.read()["epoch"] == 1
+
+
+def test_fit_prior_fits_a_mixture_or_leaves_the_standard_normal(train_set):
+    fitted = {**MODEL.__dict__, "prior": "fitted", "prior_components": 2}
+    checkpoint, _ = train_cvae(train_set, train_set, None, fitted, {"epochs": 1, "batch_size": 32}, seed=0)
+    model = training_nodes.fit_prior(checkpoint, train_set, {"device": "cpu"}, seed=0)
+    state = model["state_dict"]
+    assert state["prior_weights"].shape == (10, 2) and torch.allclose(
+        state["prior_weights"].sum(1), torch.ones(10)
+    )
+    assert not torch.equal(state["prior_mean"], torch.zeros_like(state["prior_mean"]))
+    plain, _ = train_cvae(train_set, train_set, None, MODEL.__dict__, {"epochs": 1, "batch_size": 32}, seed=0)
+    assert training_nodes.fit_prior(plain, train_set, {}, seed=0) is plain
+
+
+def test_fit_prior_with_too_few_images_of_a_class_says_so(train_set):
+    fitted = {**MODEL.__dict__, "prior": "fitted", "prior_components": 2}
+    checkpoint, _ = train_cvae(train_set, train_set, None, fitted, {"epochs": 1, "batch_size": 32}, seed=0)
+    few = {key: value[:15] for key, value in train_set.items()}  # classes 5-9 once each
+    with pytest.raises(
+        DataError, match=r"Cannot fit the prior \(model.prior = fitted\): fitting 2 Gaussians to class 5"
+    ):
+        training_nodes.fit_prior(checkpoint, few, {"device": "cpu"}, seed=0)

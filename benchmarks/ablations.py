@@ -92,16 +92,23 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--only", nargs="+", choices=list(VARIANTS), help="run these variants only, in this order"
+        "--only",
+        nargs="+",
+        choices=list(VARIANTS),
+        help="run these variants only, in this order (the others' rows are kept)",
     )
     args = parser.parse_args()
     names = args.only or list(VARIANTS)
-    rows: list[dict[str, str]] = []
+    results: dict[str, dict[str, str]] = {}
+    if args.only and RESULTS.exists():  # keep the variants not run again
+        with RESULTS.open() as handle:
+            results = {row["variant"]: row for row in csv.DictReader(handle) if row["variant"] in VARIANTS}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for name in names:
-        rows.append(run(name, VARIANTS[name][1]))
+        results[name] = run(name, VARIANTS[name][1])
+        rows = [results[variant] for variant in VARIANTS if variant in results]
         with RESULTS.open("w", newline="") as handle:  # rewritten after every variant: never half a table
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer = csv.DictWriter(handle, fieldnames=list(results[name]))
             writer.writeheader()
             writer.writerows(rows)
         print(f"\nAblations so far ({date.today()}), written to {RESULTS}:\n{markdown(rows)}", flush=True)

@@ -177,7 +177,9 @@ def test_fit_class_prior_recovers_each_class_mixture():
         torch.testing.assert_close(
             model.prior_weights[k][order], torch.tensor([0.25, 0.75]), atol=0.03, rtol=0
         )
-        torch.testing.assert_close(model.prior_mean[k][order], centres[k], atol=0.08, rtol=0)  # 5 standard errors
+        torch.testing.assert_close(
+            model.prior_mean[k][order], centres[k], atol=0.08, rtol=0
+        )  # 5 standard errors
         covariance = model.prior_scale_tril[k] @ model.prior_scale_tril[k].transpose(-1, -2)
         expected = (0.25 + 0.01) * torch.eye(8).expand(2, 8, 8)  # spread of the means + posterior variance
         torch.testing.assert_close(covariance, expected, atol=0.05, rtol=0)  # ~4 standard errors

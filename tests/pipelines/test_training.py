@@ -189,7 +189,8 @@ class TestCheckpoints:
     def test_another_prior_resumes_a_finished_run_without_training(self, data, tmp_path):
         store = CheckpointDataset(filepath=str(tmp_path / "checkpoint.pt")).load()
         params = {**self.TRAINING, "epochs": 1}
-        model, history = train_cvae(*data, store, {**MODEL.__dict__, "prior": "fitted"}, params, seed=0)
+        fitted = {**MODEL.__dict__, "prior": "fitted", "prior_components": 3}
+        model, history = train_cvae(*data, store, fitted, params, seed=0)
         again, again_history = train_cvae(
             *data, store, {**MODEL.__dict__, "prior": "standard_normal"}, {**params, "resume": True}, seed=0
         )

@@ -172,6 +172,9 @@ RESUME_MUST_MATCH = (
 )  # fmt: skip
 
 
+PRIOR_KEYS = ("prior", "prior_components")  # model settings that training does not depend on
+
+
 def _must_match(config: TrainingConfig) -> tuple[str, ...]:
     # a learning-rate schedule spans the planned epochs, so they must match too
     return RESUME_MUST_MATCH + (("epochs",) if config.lr_schedule != "constant" else ())
@@ -204,16 +207,17 @@ def _restore(
 ) -> None:
     """Load a checkpoint into ``trainer`` after checking that it belongs to this run.
 
-    ``model.prior`` may differ: the prior is fitted after training (``fit_prior``), so a
-    finished run can be resumed to try another prior without training again.
+    ``model.prior`` and ``model.prior_components`` may differ: the prior is fitted after
+    training (``fit_prior``), so a finished run can be resumed to try another prior
+    without training again.
     """
     expected = {
-        **{f"model.{k}": v for k, v in asdict(trainer.model.config).items() if k != "prior"},
+        **{f"model.{k}": v for k, v in asdict(trainer.model.config).items() if k not in PRIOR_KEYS},
         **{f"training.{k}": getattr(trainer.config, k) for k in _must_match(trainer.config)},
         "seed": seed,
     }
     saved = {
-        **{f"model.{k}": v for k, v in state["model_config"].items() if k != "prior"},
+        **{f"model.{k}": v for k, v in state["model_config"].items() if k not in PRIOR_KEYS},
         **{f"training.{k}": v for k, v in state["training"].items()},
         "seed": state["seed"],
     }

@@ -9,7 +9,10 @@ Every variant is a real `kedro run --env ablation --params ...` (conf/ablation k
 models and results apart from the default run's, and each run is logged to MLflow), one
 after the other so that their wall times compare. After each run its metrics.csv row is
 appended, with the variant's name, change and wall time, to
-data/08_reporting/ablations.csv, and the table so far is printed as Markdown.
+data/08_reporting/ablations.csv, and the table so far is printed as Markdown. On a
+2-core machine two runs of it may go side by side, each with one thread
+(`OMP_NUM_THREADS=1`), the second with `--env ablation_b` (results in
+data/08_reporting/ablations_ablation_b.csv).
 
 `prior_*` variants reuse the network trained by `default` (training.resume=true: a
 finished run is not retrained, only its prior is fitted again), so `default` runs first.
@@ -42,8 +45,6 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "epochs_20": ("20 epochs (twice the budget)", "training.epochs=20"),
 }  # fmt: skip
 
-RESULTS = Path("data/08_reporting/ablations.csv")
-METRICS = Path("data/08_reporting/ablation/metrics.csv")
 SHOWN = (
     "bce_per_image",
     "mse_per_image",
@@ -56,8 +57,8 @@ SHOWN = (
 )
 
 
-def run(name: str, params: str) -> dict[str, str]:
-    command = [str(Path(sys.executable).with_name("kedro")), "run", "--env", "ablation"]
+def run(name: str, params: str, env: str) -> dict[str, str]:
+    command = [str(Path(sys.executable).with_name("kedro")), "run", "--env", env]
     if params:
         command += ["--params", params]
     print(f"\n== {name}: {' '.join(command)}", flush=True)
@@ -66,7 +67,7 @@ def run(name: str, params: str) -> dict[str, str]:
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"Error: the variant {name} failed (exit {result.returncode}); see the log above.")
-    with METRICS.open() as handle:
+    with (Path("data/08_reporting") / env / "metrics.csv").open() as handle:
         (row,) = csv.DictReader(handle)
     return {
         "variant": name,
@@ -97,21 +98,34 @@ def main() -> None:
         choices=list(VARIANTS),
         help="run these variants only, in this order (the others' rows are kept)",
     )
+    parser.add_argument(
+        "--env",
+        default="ablation",
+        help="Kedro environment whose globals.yml puts the results under data/08_reporting/<env>/ "
+        "(default ablation; conf/ablation_b lets a second run of this script go beside the first)",
+    )
     args = parser.parse_args()
+    results_file = Path("data/08_reporting") / (
+        "ablations.csv" if args.env == "ablation" else f"ablations_{args.env}.csv"
+    )
     names = args.only or list(VARIANTS)
     results: dict[str, dict[str, str]] = {}
-    if args.only and RESULTS.exists():  # keep the variants not run again
-        with RESULTS.open() as handle:
+    if args.only and results_file.exists():  # keep the variants not run again
+        with results_file.open() as handle:
             results = {row["variant"]: row for row in csv.DictReader(handle) if row["variant"] in VARIANTS}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results_file.parent.mkdir(parents=True, exist_ok=True)
     for name in names:
-        results[name] = run(name, VARIANTS[name][1])
+        results[name] = run(name, VARIANTS[name][1], args.env)
         rows = [results[variant] for variant in VARIANTS if variant in results]
-        with RESULTS.open("w", newline="") as handle:  # rewritten after every variant: never half a table
+        with results_file.open(
+            "w", newline=""
+        ) as handle:  # rewritten after every variant: never half a table
             writer = csv.DictWriter(handle, fieldnames=list(results[name]))
             writer.writeheader()
             writer.writerows(rows)
-        print(f"\nAblations so far ({date.today()}), written to {RESULTS}:\n{markdown(rows)}", flush=True)
+        print(
+            f"\nAblations so far ({date.today()}), written to {results_file}:\n{markdown(rows)}", flush=True
+        )
 
 
 if __name__ == "__main__":

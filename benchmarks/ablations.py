@@ -45,16 +45,10 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "epochs_20": ("20 epochs (twice the budget)", "training.epochs=20"),
 }  # fmt: skip
 
-SHOWN = (
-    "bce_per_image",
-    "mse_per_image",
-    "ssim",
-    "psnr",
-    "neg_elbo_per_image",
-    "iw_nll",
-    "cond_accuracy",
-    "fid",
-)
+SHOWN = {  # column -> decimals shown
+    "bce_per_image": 2, "mse_per_image": 3, "ssim": 4, "psnr": 2,
+    "neg_elbo_per_image": 2, "iw_nll": 2, "cond_accuracy": 4, "fid": 2,
+}  # fmt: skip
 
 
 def run(name: str, params: str, env: str) -> dict[str, str]:
@@ -82,7 +76,7 @@ def markdown(rows: list[dict[str, str]]) -> str:
     header = ["variant", "change", *SHOWN, "wall time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        values = [f"{float(row[key]):.4g}" for key in SHOWN]
+        values = [f"{float(row[key]):.{decimals}f}" for key, decimals in SHOWN.items()]
         wall = f"{int(row['wall_seconds']) // 60} min {int(row['wall_seconds']) % 60} s"
         lines.append("| " + " | ".join([row["variant"], row["change"], *values, wall]) + " |")
     return "\n".join(lines)

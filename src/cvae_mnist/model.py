@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
+from cvae_mnist.fastpath import FlattenKeepLayout, label_conv, subpixel_conv_transpose2d
+
 
 @dataclass(frozen=True)
 class CVAEConfig:
@@ -49,12 +51,26 @@ class ResidualBlock(nn.Sequential):
 
 
 class CVAE(nn.Module):
-    """Conditional VAE: ``forward(x, y)`` returns ``(logits, mu, logvar)``."""
+    """Conditional VAE: ``forward(x, y)`` returns ``(logits, mu, logvar)``.
 
-    def __init__(self, config: CVAEConfig, label_lookup: bool = False) -> None:
+    ``label_lookup``, ``channels_last`` and ``subpixel_output`` compute the same function
+    faster (:mod:`cvae_mnist.fastpath`); the weights and checkpoints are the same.
+    """
+
+    def __init__(
+        self,
+        config: CVAEConfig,
+        label_lookup: bool = False,
+        channels_last: bool = False,
+        subpixel_output: bool = False,
+    ) -> None:
         super().__init__()
         self.config = config
-        self.label_lookup = label_lookup  # same function, computed faster; see encode()
+        self.label_lookup, self.channels_last, self.subpixel_output = (
+            label_lookup,
+            channels_last,
+            subpixel_output,
+        )
         c, k, d = config.base_channels, config.num_classes, config.latent_dim
         self.embedding = nn.Embedding(k, config.embedding_dim) if config.conditioning == "embedding" else None
         e = config.embedding_dim if self.embedding is not None else k
@@ -67,7 +83,7 @@ class CVAE(nn.Module):
             nn.ReLU(),
             nn.Conv2d(c, 2 * c, 4, stride=2, padding=1),
         ]
-        self.encoder = nn.Sequential(*encoder, *_drop(norm(2 * c)), nn.ReLU(), *blocks, nn.Flatten())
+        self.encoder = nn.Sequential(*encoder, *_drop(norm(2 * c)), nn.ReLU(), *blocks, FlattenKeepLayout())
         self.fc_mu = nn.Linear(flat, d)
         self.fc_logvar = nn.Linear(flat, d)
         self.decoder_input = nn.Linear(d + e, flat)
@@ -81,6 +97,8 @@ class CVAE(nn.Module):
         self.register_buffer("prior_weights", torch.full((k, m), 1 / m))
         self.register_buffer("prior_mean", torch.zeros(k, m, d))
         self.register_buffer("prior_scale_tril", torch.eye(d).repeat(k, m, 1, 1))
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def label(self, labels: torch.Tensor) -> torch.Tensor:
         """The label as the network sees it: one-hot or embedded, ``[N, e]``."""
@@ -89,25 +107,13 @@ class CVAE(nn.Module):
         return F.one_hot(labels, self.config.num_classes).to(self.fc_mu.weight.dtype)
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.label_lookup:
-            y = self.label(labels)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
-            h = self.encoder(torch.cat([x, y.to(x.dtype)], dim=1))
+        if self.label_lookup:
+            classes = self.label(torch.arange(self.config.num_classes, device=x.device))
+            h = label_conv(self.encoder[0], x, classes, labels)
         else:
-            # A convolution is linear in its input channels, and the label channels take
-            # only num_classes values: convolve the image channel, then add the label
-            # channels' response, computed once per class instead of once per image.
-            conv, k = self.encoder[0], self.config.num_classes
-            classes = self.label(torch.arange(k, device=x.device))[:, :, None, None]
-            per_class = F.conv2d(
-                classes.expand(-1, -1, *x.shape[-2:]), conv.weight[:, 1:], None, conv.stride, conv.padding
-            )
-            h = F.conv2d(x, conv.weight[:, :1], conv.bias, conv.stride, conv.padding)
-            # one-hot @ table picks each image's response (its backward is a GEMM, not a
-            # scatter), laid out channels-last like the convolution's output
-            table = per_class.permute(0, 2, 3, 1).flatten(1).to(h.dtype)
-            rows = F.one_hot(labels, k).to(h.dtype) @ table
-            h = h + rows.view(len(labels), *h.shape[2:], h.shape[1]).permute(0, 3, 1, 2)
-            h = self.encoder[1:](h)
+            y = self.label(labels)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+            h = self.encoder[0](torch.cat([x, y.to(x.dtype)], dim=1))
+        h = self.encoder[1:](h)
         return self.fc_mu(h), self.fc_logvar(h)
 
     @staticmethod
@@ -117,7 +123,13 @@ class CVAE(nn.Module):
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Return Bernoulli logits of shape ``[N, 1, image_size, image_size]``."""
-        return self.decoder(self.decoder_input(torch.cat([z, self.label(labels).to(z.dtype)], dim=1)))
+        h = self.decoder[0](self.decoder_input(torch.cat([z, self.label(labels).to(z.dtype)], dim=1)))
+        if self.channels_last:  # one layout for every layer after the linear one
+            h = h.contiguous(memory_format=torch.channels_last)
+        if not self.subpixel_output:
+            return self.decoder[1:](h)
+        last = self.decoder[-1]
+        return subpixel_conv_transpose2d(self.decoder[1:-1](h), last.weight, last.bias)
 
     def prior(self, labels: torch.Tensor) -> MixtureSameFamily:
         """p(z | y) of each label, a batch of Gaussian mixtures."""

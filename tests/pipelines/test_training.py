@@ -16,6 +16,7 @@ PLAIN = {
     "fused_adam": False,
     "in_memory_batches": False,
     "channels_last": False,
+    "subpixel_output": False,
     "mixed_precision": False,
     "compile": False,
 }
@@ -47,7 +48,8 @@ def test_in_memory_batches_hold_what_the_dataloader_gives(train_set):
 
 
 @pytest.mark.parametrize(
-    "lever", ["fused_bce", "label_lookup", "fused_adam", "channels_last", "mixed_precision"]
+    "lever",
+    ["fused_bce", "label_lookup", "fused_adam", "channels_last", "subpixel_output", "mixed_precision"],
 )
 def test_each_speed_lever_keeps_the_loss(train_set, lever):
     plain_terms, _ = _one_epoch(train_set, **PLAIN)

@@ -74,9 +74,12 @@ class Trainer:
     def create(
         cls, model_config: CVAEConfig, config: TrainingConfig, device: torch.device, steps_per_epoch: int = 1
     ) -> Trainer:
-        model = CVAE(model_config, label_lookup=config.label_lookup).to(device)
-        if config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = CVAE(
+            model_config,
+            label_lookup=config.label_lookup,
+            channels_last=config.channels_last,
+            subpixel_output=config.subpixel_output,
+        ).to(device)
         fused = config.fused_adam and device.type in {"cpu", "cuda"}
         optimizer = torch.optim.Adam(
             model.parameters(), lr=config.lr, betas=(config.momentum, 0.999), fused=fused

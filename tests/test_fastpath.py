@@ -33,6 +33,21 @@ def test_subpixel_conv_transpose_is_the_transposed_convolution(c_out):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_subpixel_conv_transpose_gradients_pass_gradcheck(bias):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    inputs = [
+        t.requires_grad_(True)
+        for t in (x, weight, torch.randn(2, dtype=torch.float64) if bias else None)
+        if t is not None
+    ]
+    assert torch.autograd.gradcheck(
+        lambda *a: subpixel_conv_transpose2d(*a, *([] if bias else [None])), inputs
+    )
+
+
 def test_label_conv_is_the_convolution_of_image_and_label_channels():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(1 + 10, 6, 4, stride=2, padding=1)

@@ -88,16 +88,45 @@ def _subpixel_index() -> torch.Tensor:
 _SUBPIXEL_INDEX = _subpixel_index()
 
 
+class _SubpixelConvTranspose(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        w = weight.to(x.dtype)  # under autocast x is already bf16
+        c_in, c_out = w.shape[:2]
+        taps = torch.cat([w.reshape(c_in, c_out, 16), w.new_zeros(c_in, c_out, 1)], dim=2)
+        subpixel = taps[:, :, _SUBPIXEL_INDEX.to(w.device)].view(c_in, 4 * c_out, 3, 3).transpose(0, 1)
+        b = bias.to(x.dtype).repeat_interleave(4) if bias is not None else None
+        ctx.save_for_backward(x, w)
+        ctx.dtypes = weight.dtype, None if bias is None else bias.dtype
+        return F.pixel_shuffle(F.conv2d(x, subpixel, b, padding=1), 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        x, w = ctx.saved_tensors
+        n, c_in, height, width = x.shape
+        c_out = w.shape[1]
+        # the 4x4 window of the (padded) output gradient that each input pixel wrote to,
+        # gathered by strides: [N * H * W, c_out * 16]
+        g = F.pad(grad.to(x.dtype), (1, 1, 1, 1)).contiguous()
+        s = g.stride()
+        windows = g.as_strided((n, height, width, c_out, 4, 4), (s[0], 2 * s[2], 2 * s[3], s[1], s[2], s[3]))
+        windows = windows.reshape(n * height * width, c_out * 16)
+        grad_x = (windows @ w.reshape(c_in, -1).t()).view(n, height, width, c_in).permute(0, 3, 1, 2)
+        pixels = x.permute(0, 2, 3, 1).reshape(n * height * width, c_in)
+        grad_w = (pixels.t() @ windows).view(c_in, c_out, 4, 4).to(ctx.dtypes[0])
+        grad_b = None if ctx.dtypes[1] is None else grad.sum((0, 2, 3)).to(ctx.dtypes[1])
+        return grad_x, grad_w, grad_b
+
+
 def subpixel_conv_transpose2d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """``F.conv_transpose2d(x, weight, bias, stride=2, padding=1)`` for 4x4 kernels, computed
-    as a 3x3 convolution with four outputs per channel (one per output-pixel parity) and
-    a pixel shuffle (Shi et al. 2016): oneDNN's transposed convolution with one output
-    channel, the decoder's last layer, is slow on CPUs.
+    """``F.conv_transpose2d(x, weight, bias, stride=2, padding=1)`` for 4x4 kernels, in the
+    input's dtype, computed without oneDNN's transposed convolution, which is slow on CPUs
+    with one output channel (the decoder's last layer).
+
+    Forward: a 3x3 convolution with four outputs per channel (one per output-pixel parity)
+    and a pixel shuffle (Shi et al. 2016). Backward: two small matrix products with the
+    4x4 windows of the output gradient, gathered by strides.
     """
-    c_in, c_out = weight.shape[:2]
-    taps = torch.cat([weight.reshape(c_in, c_out, 16), weight.new_zeros(c_in, c_out, 1)], dim=2)
-    subpixel = taps[:, :, _SUBPIXEL_INDEX.to(weight.device)].view(c_in, 4 * c_out, 3, 3).transpose(0, 1)
-    bias = bias.repeat_interleave(4) if bias is not None else None
-    return F.pixel_shuffle(F.conv2d(x, subpixel, bias, padding=1), 2)
+    return _SubpixelConvTranspose.apply(x, weight, bias)

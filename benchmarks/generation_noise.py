@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
+from _project import project_catalog
 
 from cvae_mnist.pipelines.evaluation.nodes import evaluate_generation
 
@@ -32,11 +30,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="generation seeds")
     args = parser.parse_args()
 
-    project = Path.cwd()
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, env=args.env) as session:
-        context = session.load_context()
-        catalog, params = context.catalog, context.params
+    required = ("cvae_model", "digit_classifier", "mnist_train", "mnist_test")
+    with project_catalog(args.env, required) as (catalog, params):
         model = catalog.load("cvae_model")
         classifier = catalog.load("digit_classifier").read()
         train, test = catalog.load("mnist_train"), catalog.load("mnist_test")

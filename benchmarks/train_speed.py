@@ -24,12 +24,10 @@ import platform
 import resource
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
+from _project import project_catalog
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -100,11 +98,7 @@ def main() -> None:
     parser.add_argument("--env", default=None, help="Kedro environment (default: local)")
     args = parser.parse_args()
 
-    project = Path.cwd()
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, env=args.env) as session:
-        context = session.load_context()
-        catalog, params = context.catalog, context.params
+    with project_catalog(args.env, required=("mnist_train", "mnist_test")) as (catalog, params):
         train = catalog.load("mnist_train")
         test = catalog.load("mnist_test")
         raw, raw_seconds = timed(catalog.load, "mnist_raw")

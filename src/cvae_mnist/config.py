@@ -120,6 +120,7 @@ class ClassifierConfig:
     epochs: int = knob(5, POSITIVE_INT)
     batch_size: int = knob(128, POSITIVE_INT)
     lr: float = knob(3e-3, POSITIVE_NUMBER)  # peak of the one-cycle schedule
+    seed: int = knob(1, NON_NEGATIVE_INT)  # its own seed: the top-level seed does not change the judge
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from cvae_mnist.datasets import CheckpointDataset
 from cvae_mnist.errors import ParameterError
 from cvae_mnist.model import CVAE, CVAEConfig, to_checkpoint
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
+from cvae_mnist.pipelines.evaluation import create_pipeline as create_evaluation_pipeline
 from cvae_mnist.pipelines.evaluation.nodes import get_digit_classifier
 from cvae_mnist.pipelines.generation.nodes import generate_digits, plot_generated
 from cvae_mnist.pipelines.training.nodes import build_generator
@@ -66,13 +67,21 @@ def test_the_served_model_generates_through_the_same_code_path(checkpoint):
 def test_the_digit_classifier_is_reused_only_for_the_same_settings_and_data(tiny_raw, tmp_path):
     train, test = decode_mnist(tiny_raw, {})
     store = CheckpointDataset(filepath=str(tmp_path / "classifier.pt")).load()
-    first = get_digit_classifier(store, train, test, {"epochs": 1}, seed=0)
-    assert get_digit_classifier(store, train, test, {"epochs": 1}, seed=0) is not first  # read back ...
+    first = get_digit_classifier(store, train, test, {"epochs": 1, "seed": 0})
+    assert get_digit_classifier(store, train, test, {"epochs": 1, "seed": 0}) is not first  # read back ...
     reused = store.read()
     assert all(
         torch.equal(reused["state_dict"][k], v) for k, v in first["state_dict"].items()
     )  # ... unchanged
     smaller = {key: value[:60] for key, value in train.items()}
-    retrained = get_digit_classifier(store, smaller, test, {"epochs": 1}, seed=0)
+    retrained = get_digit_classifier(store, smaller, test, {"epochs": 1, "seed": 0})
     assert retrained["config"]["n_train"] == 60 and store.read()["config"]["n_train"] == 60
-    assert get_digit_classifier(store, smaller, test, {"epochs": 2}, seed=0)["config"]["epochs"] == 2
+    assert get_digit_classifier(store, smaller, test, {"epochs": 2, "seed": 0})["config"]["epochs"] == 2
+    other_seed = get_digit_classifier(store, smaller, test, {"epochs": 2, "seed": 1})
+    assert other_seed["config"]["seed"] == 1 and store.read()["config"]["seed"] == 1
+
+
+def test_the_top_level_seed_does_not_reach_the_digit_classifier():
+    # the judge of generated digits stays the same when a run changes `seed`
+    node = next(n for n in create_evaluation_pipeline().nodes if n.name == "get_digit_classifier_node")
+    assert "params:seed" not in node.inputs and "params:classifier" in node.inputs

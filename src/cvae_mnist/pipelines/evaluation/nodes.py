@@ -103,24 +103,24 @@ def get_digit_classifier(
     mnist_train: dict[str, torch.Tensor],
     mnist_test: dict[str, torch.Tensor],
     parameters: dict[str, Any],
-    seed: int,
 ) -> dict[str, Any]:
     """The digit classifier: the saved one if it was trained with these settings and as many
     training images, else a new one.
+
+    It has its own seed (``classifier.seed``), so runs with another top-level ``seed`` are
+    judged by the same classifier instead of retraining (and replacing) it.
 
     Args:
         digit_classifier: Where the classifier is kept.
         mnist_train: Training set it learns from.
         mnist_test: Test set it is scored on.
-        parameters: The ``classifier`` parameters.
-        seed: Seed of its initial weights and shuffling.
+        parameters: The ``classifier`` parameters, with the seed of its weights and shuffling.
 
     Returns:
         ``{"config", "state_dict", "test_accuracy"}``.
     """
     config = {
         **asdict(parse_section(ClassifierConfig, "classifier", parameters)),
-        "seed": parse_seed(seed),
         "n_train": len(mnist_train["labels"]),  # a smoke run's classifier is not reused by a full run
     }
     if digit_classifier.exists():

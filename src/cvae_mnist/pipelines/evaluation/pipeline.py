@@ -35,7 +35,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 func=get_digit_classifier,
-                inputs=["digit_classifier", "mnist_train", "mnist_test", "params:classifier", "params:seed"],
+                inputs=["digit_classifier", "mnist_train", "mnist_test", "params:classifier"],
                 outputs="trained_digit_classifier",
                 name="get_digit_classifier_node",
             ),

@@ -13,7 +13,10 @@ plus conf/local or --env); when the default architecture (`model` parameters) is
 the report's, our node training it is timed in the same rounds and printed beside.
 The evaluation node (the report's five metrics over the test set) and the ingestion
 node are timed too, and each loop's CPU time (user and system) and minor page faults per
-batch are printed: system time is mostly the kernel handing out fresh pages.
+batch are printed: system time is mostly the kernel handing out fresh pages. Each round
+also prints how long one cache line takes to travel between our two CPUs and back
+(benchmarks/_placement.py): on a shared virtual machine the host may move our CPUs
+apart, and our loop then slows down much more than the reference (see the README).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _placement import cpu_round_trip_ns
 from _project import project_catalog
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
@@ -146,6 +150,7 @@ def main() -> None:
     # CPU time and minor page faults of each loop (whole process: both threads, the kernel's share apart)
     usage = {name: dict.fromkeys(("user", "system", "faults"), 0.0) for name in variants}
     for round_number in range(1, args.rounds + 1):
+        round_trips = [cpu_round_trip_ns()]
         for name, trainer in variants.items():
             before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             if trainer is None:
@@ -157,9 +162,16 @@ def main() -> None:
             usage[name]["user"] += after.ru_utime - before.ru_utime
             usage[name]["system"] += after.ru_stime - before.ru_stime
             usage[name]["faults"] += after.ru_minflt - before.ru_minflt
+        round_trips.append(cpu_round_trip_ns())
+        placement = (
+            f"; CPU round trip {round_trips[0]:.0f} ns before, {round_trips[1]:.0f} ns after"
+            if None not in round_trips
+            else ""
+        )
         print(
             f"round {round_number}: "
-            + ", ".join(f"{name} {values[-1]:.0f} img/s" for name, values in speeds.items()),
+            + ", ".join(f"{name} {values[-1]:.0f} img/s" for name, values in speeds.items())
+            + placement,
             flush=True,
         )
 

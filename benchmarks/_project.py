@@ -1,8 +1,10 @@
-"""The project's catalog and parameters for the benchmark scripts (run from the project root)."""
+"""The project's catalog and parameters for the benchmark scripts (run from the project root),
+and the checks of their numeric options."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import argparse
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,3 +31,23 @@ def project_catalog(env: str | None, required: tuple[str, ...] = ()) -> Iterator
                 f"run `kedro run{where}` first (see the README)."
             )
         yield context.catalog, context.params
+
+
+def number(kind: type, minimum: float, what: str) -> Callable[[str], float]:
+    """An argparse ``type``: a ``kind`` (int or float) of at least ``minimum``, else a one-line usage error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = number(int, 1, "a whole number of at least 1")
+non_negative_int = number(int, 0, "a whole number of at least 0")
+positive_seconds = number(float, 1, "at least 1 (seconds)")

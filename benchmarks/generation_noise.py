@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from _project import project_catalog
+from _project import non_negative_int, project_catalog
 
 from cvae_mnist.pipelines.evaluation.nodes import evaluate_generation
 
@@ -27,7 +27,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--env", default=None, help="Kedro environment (default: local)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="generation seeds")
+    parser.add_argument(
+        "--seeds", type=non_negative_int, nargs="+", default=[1, 2, 3, 4, 5], help="generation seeds"
+    )
     args = parser.parse_args()
 
     required = ("cvae_model", "digit_classifier", "mnist_train", "mnist_test")

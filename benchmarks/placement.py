@@ -21,7 +21,7 @@ import time
 
 import torch
 from _placement import cpu_round_trip_ns
-from _project import project_catalog
+from _project import positive_int, positive_seconds, project_catalog
 
 from cvae_mnist.config import TrainingConfig, parse_section
 from cvae_mnist.model import CVAEConfig
@@ -35,9 +35,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=120, help="how long to alternate (default 120)")
     parser.add_argument(
-        "--steps", type=int, default=20, help="training steps per setup and interval (default 20)"
+        "--seconds", type=positive_seconds, default=120, help="how long to alternate (default 120)"
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=20, help="training steps per setup and interval (default 20)"
     )
     parser.add_argument("--env", default=None, help="Kedro environment (default: local)")
     args = parser.parse_args()

@@ -32,7 +32,7 @@ import time
 import torch
 import torch.nn.functional as F
 from _placement import cpu_round_trip_ns
-from _project import project_catalog
+from _project import non_negative_int, positive_int, project_catalog
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -97,9 +97,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=8, help="alternating rounds (default 8)")
-    parser.add_argument("--images", type=int, default=15000, help="images per round (default 15000; 0 = all)")
-    parser.add_argument("--warmup", type=int, default=2000, help="images each loop trains on, untimed, first")
+    parser.add_argument("--rounds", type=positive_int, default=8, help="alternating rounds (default 8)")
+    parser.add_argument(
+        "--images", type=non_negative_int, default=15000, help="images per round (default 15000; 0 = all)"
+    )
+    parser.add_argument(
+        "--warmup", type=positive_int, default=2000, help="images each loop trains on, untimed, first"
+    )
     parser.add_argument("--env", default=None, help="Kedro environment (default: local)")
     args = parser.parse_args()
 

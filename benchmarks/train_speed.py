@@ -124,7 +124,7 @@ def main() -> None:
         f"{torch.get_num_threads()} threads; {n} training images, batch {BATCH_SIZE}, {args.rounds} rounds"
     )
     print(
-        f"ours: {', '.join(f'{k}={getattr(config, k)}' for k in ('fused_bce', 'in_memory_batches', 'label_lookup', 'fused_adam', 'channels_last', 'subpixel_output', 'mixed_precision', 'compile'))}"
+        f"ours: {', '.join(f'{k}={getattr(config, k)}' for k in ('fused_bce', 'in_memory_batches', 'label_lookup', 'fused_adam', 'channels_last', 'subpixel_output', 'gemm_weight_grads', 'mixed_precision', 'compile'))}"
     )
 
     generator = seed_everything(1)

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cvae_mnist.fastpath import FlattenKeepLayout, label_conv, subpixel_conv_transpose2d
-from cvae_mnist.model import CVAE, CVAEConfig
+from cvae_mnist.fastpath import FlattenKeepLayout, label_conv, strided_conv4x4, subpixel_conv_transpose2d
+from cvae_mnist.model import CVAE, Conv4x4, ConvTranspose4x4, CVAEConfig
 
 REPORT = CVAEConfig(latent_dim=8, base_channels=4)
 WIDER = CVAEConfig(
@@ -48,6 +48,43 @@ def test_subpixel_conv_transpose_gradients_pass_gradcheck(bias):
     )
 
 
+@pytest.mark.parametrize("layer", [Conv4x4(5, 6), ConvTranspose4x4(6, 5)], ids=["conv", "transposed"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_gemm_weight_gradient_is_the_layers_gradient(layer, memory_format):
+    torch.manual_seed(0)
+    size = 14 if isinstance(layer, Conv4x4) else 7
+    x = torch.randn(3, layer.in_channels, size, size).contiguous(memory_format=memory_format)
+    function = {
+        "plain": lambda x, w, b: type(layer).forward(_with(layer, w, b), x),
+        "gemm": lambda x, w, b: strided_conv4x4(x, _with(layer, w, b)),
+    }
+    (expected, expected_grads), (got, got_grads) = (
+        _grads(function[k], x, layer.weight, layer.bias) for k in function
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for g, e in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-4)
+
+
+def _with(layer, weight, bias):
+    """A copy of ``layer`` whose weight and bias are the given tensors (to differentiate through them)."""
+    copy = type(layer)(layer.in_channels, layer.out_channels)
+    del copy.weight, copy.bias
+    copy.weight, copy.bias = weight, bias
+    return copy
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_gemm_weight_gradient_passes_gradcheck(transposed):
+    torch.manual_seed(0)
+    layer = (ConvTranspose4x4(3, 2) if transposed else Conv4x4(3, 2)).double()
+    x = torch.randn(2, 3, 4 if transposed else 8, 4 if transposed else 8, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: strided_conv4x4(x, _with(layer, w, b)), (x, layer.weight, layer.bias)
+    )
+
+
 def test_label_conv_is_the_convolution_of_image_and_label_channels():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(1 + 10, 6, 4, stride=2, padding=1)
@@ -76,7 +113,7 @@ def test_flatten_keeps_the_gradient_in_the_input_layout(memory_format):
 def test_the_fast_model_is_the_plain_model(config):
     torch.manual_seed(0)
     plain = CVAE(config)
-    fast = CVAE(config, label_lookup=True, channels_last=True, subpixel_output=True)
+    fast = CVAE(config, label_lookup=True, channels_last=True, subpixel_output=True, gemm_weight_grads=True)
     fast.load_state_dict(plain.state_dict())
     x, y = torch.rand(6, 1, 28, 28), torch.tensor([0, 3, 3, 9, 1, 7])
     outputs = {}

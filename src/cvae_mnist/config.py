@@ -98,6 +98,7 @@ class TrainingConfig:
     fused_adam: bool = knob(True, BOOLEAN)  # Adam's update in one fused kernel (CPU and CUDA)
     channels_last: bool = knob(True, BOOLEAN)  # NHWC memory layout for the convolutions
     subpixel_output: bool = knob(True, BOOLEAN)  # last transposed conv as a conv + pixel shuffle
+    gemm_weight_grads: bool = knob(True, BOOLEAN)  # inner 4x4 convs' weight gradients as one GEMM each
     mixed_precision: bool = knob(True, BOOLEAN)  # bf16 autocast where the hardware has bf16
     compile: bool = knob(False, BOOLEAN)  # torch.compile the training step
     num_threads: int = knob(0, NON_NEGATIVE_INT)  # torch intra-op threads; 0 = torch default

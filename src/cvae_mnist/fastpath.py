@@ -1,7 +1,7 @@
-"""Faster ways to compute three of the CVAE's layers, each the same function as the plain layer.
+"""Faster ways to compute four of the CVAE's layers, each the same function as the plain layer.
 
 Training uses them when the matching speed levers are on (``training.label_lookup``,
-``training.channels_last``, ``training.subpixel_output``); tests/test_fastpath.py checks
+``training.channels_last``, ``training.subpixel_output``, ``training.gemm_weight_grads``); tests/test_fastpath.py checks
 each one, values and gradients, against the plain layer. No Kedro here.
 """
 
@@ -130,3 +130,59 @@ def subpixel_conv_transpose2d(
     4x4 windows of the output gradient, gathered by strides.
     """
     return _SubpixelConvTranspose.apply(x, weight, bias)
+
+
+def _windows(x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+    """The 4x4 windows, stride 2, padding 1, of ``x`` ``[N, C, H, W]``: ``[N * oh * ow, 16 * C]``,
+    ordered (kh, kw, c) — channels-last, so each window row is one contiguous run."""
+    padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()  # NHWC
+    n, c = padded.shape[0], padded.shape[3]
+    s = padded.stride()
+    oh, ow = out_size
+    windows = padded.as_strided((n, oh, ow, 4, 4 * c), (s[0], 2 * s[1], 2 * s[2], s[1], 1))
+    return windows.reshape(n * oh * ow, 16 * c)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``[N, C, H, W]`` as ``[N * H * W, C]`` (a view when ``t`` is channels-last)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+class _StridedConv4x4(torch.autograd.Function):
+    """A 4x4, stride-2, padding-1 convolution (or transposed convolution) whose weight
+    gradient is one matrix product over the 4x4 windows of the larger feature map."""
+
+    @staticmethod
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transposed: bool
+    ) -> torch.Tensor:
+        w = weight.to(x.dtype)  # under autocast x is already bf16
+        b = None if bias is None else bias.to(x.dtype)
+        conv = F.conv_transpose2d if transposed else F.conv2d
+        out = conv(x, w, b, stride=2, padding=1)
+        ctx.save_for_backward(x, w)
+        ctx.transposed, ctx.dtypes = transposed, (weight.dtype, None if bias is None else bias.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, None]:
+        x, w = ctx.saved_tensors
+        grad = grad.to(x.dtype)
+        grad_x = torch.ops.aten.convolution_backward(
+            grad, x, w, None, [2, 2], [1, 1], [1, 1], ctx.transposed, [0, 0], 1, [True, False, False]
+        )[0]
+        # conv: dW[o, i] = grad(o)^T @ windows of x; transposed: dW[i, o] = x(i)^T @ windows of grad
+        small, large = (x, grad) if ctx.transposed else (grad, x)
+        products = _rows(small).t() @ _windows(large, small.shape[-2:])  # [C_small, (kh, kw, C_large)]
+        grad_w = products.view(small.shape[1], 4, 4, large.shape[1]).permute(0, 3, 1, 2).to(ctx.dtypes[0])
+        grad_b = None if ctx.dtypes[1] is None else grad.sum((0, 2, 3)).to(ctx.dtypes[1])
+        return grad_x, grad_w, grad_b, None
+
+
+def strided_conv4x4(x: torch.Tensor, layer: nn.Conv2d | nn.ConvTranspose2d) -> torch.Tensor:
+    """``layer(x)`` for a 4x4, stride-2, padding-1 (transposed) convolution, its weight gradient
+    computed as one matrix product over the larger map's 4x4 windows. oneDNN's weight-gradient
+    kernels for these layers split the batch between threads and add up their partial sums;
+    they ran about half as fast as the forward kernels here, and twice as slow again when the
+    host placed our two CPUs apart. The matrix product splits the output instead."""
+    return _StridedConv4x4.apply(x, layer.weight, layer.bias, isinstance(layer, nn.ConvTranspose2d))

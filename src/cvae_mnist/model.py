@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-from cvae_mnist.fastpath import FlattenKeepLayout, label_conv, subpixel_conv_transpose2d
+from cvae_mnist.fastpath import FlattenKeepLayout, label_conv, strided_conv4x4, subpixel_conv_transpose2d
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,31 @@ class CVAEConfig:
     prior_components: int = 5  # Gaussians in each class's mixture when prior = "fitted"
 
 
+class Conv4x4(nn.Conv2d):
+    """``nn.Conv2d(in, out, 4, stride=2, padding=1)``; ``gemm_weight_grad`` computes the same function
+    with :func:`cvae_mnist.fastpath.strided_conv4x4` (same parameters and state_dict)."""
+
+    gemm_weight_grad = False
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 4, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return strided_conv4x4(x, self) if self.gemm_weight_grad else super().forward(x)
+
+
+class ConvTranspose4x4(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d(in, out, 4, stride=2, padding=1)``, with the same option."""
+
+    gemm_weight_grad = False
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 4, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return strided_conv4x4(x, self) if self.gemm_weight_grad else super().forward(x)
+
+
 class ResidualBlock(nn.Sequential):
     def __init__(self, channels: int, norm: type[nn.Module]) -> None:
         super().__init__(
@@ -53,8 +78,9 @@ class ResidualBlock(nn.Sequential):
 class CVAE(nn.Module):
     """Conditional VAE: ``forward(x, y)`` returns ``(logits, mu, logvar)``.
 
-    ``label_lookup``, ``channels_last`` and ``subpixel_output`` compute the same function
-    faster (:mod:`cvae_mnist.fastpath`); the weights and checkpoints are the same.
+    ``label_lookup``, ``channels_last``, ``subpixel_output`` and ``gemm_weight_grads``
+    compute the same function faster (:mod:`cvae_mnist.fastpath`); the weights and
+    checkpoints are the same.
     """
 
     def __init__(
@@ -63,6 +89,7 @@ class CVAE(nn.Module):
         label_lookup: bool = False,
         channels_last: bool = False,
         subpixel_output: bool = False,
+        gemm_weight_grads: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
@@ -78,11 +105,7 @@ class CVAE(nn.Module):
         blocks = [ResidualBlock(2 * c, norm) for _ in range(config.residual_blocks)]
         self.feature_size = config.image_size // 4
         flat = 2 * c * self.feature_size**2
-        encoder = [
-            nn.Conv2d(1 + e, c, 4, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(c, 2 * c, 4, stride=2, padding=1),
-        ]
+        encoder = [nn.Conv2d(1 + e, c, 4, stride=2, padding=1), nn.ReLU(), Conv4x4(c, 2 * c)]
         self.encoder = nn.Sequential(*encoder, *_drop(norm(2 * c)), nn.ReLU(), *blocks, FlattenKeepLayout())
         self.fc_mu = nn.Linear(flat, d)
         self.fc_logvar = nn.Linear(flat, d)
@@ -90,13 +113,16 @@ class CVAE(nn.Module):
         self.decoder = nn.Sequential(
             nn.Unflatten(1, (2 * c, self.feature_size, self.feature_size)), *_drop(norm(2 * c)), nn.ReLU(),
             *[ResidualBlock(2 * c, norm) for _ in range(config.residual_blocks)],
-            nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1), *_drop(norm(c)), nn.ReLU(),
+            ConvTranspose4x4(2 * c, c), *_drop(norm(c)), nn.ReLU(),
             nn.ConvTranspose2d(c, 1, 4, stride=2, padding=1),
         )  # fmt: skip
         m = config.prior_components if config.prior == "fitted" else 1
         self.register_buffer("prior_weights", torch.full((k, m), 1 / m))
         self.register_buffer("prior_mean", torch.zeros(k, m, d))
         self.register_buffer("prior_scale_tril", torch.eye(d).repeat(k, m, 1, 1))
+        for layer in self.modules():
+            if isinstance(layer, Conv4x4 | ConvTranspose4x4):
+                layer.gemm_weight_grad = gemm_weight_grads
         if channels_last:
             self.to(memory_format=torch.channels_last)
 

@@ -17,6 +17,7 @@ PLAIN = {
     "in_memory_batches": False,
     "channels_last": False,
     "subpixel_output": False,
+    "gemm_weight_grads": False,
     "mixed_precision": False,
     "compile": False,
 }
@@ -49,7 +50,15 @@ def test_in_memory_batches_hold_what_the_dataloader_gives(train_set):
 
 @pytest.mark.parametrize(
     "lever",
-    ["fused_bce", "label_lookup", "fused_adam", "channels_last", "subpixel_output", "mixed_precision"],
+    [
+        "fused_bce",
+        "label_lookup",
+        "fused_adam",
+        "channels_last",
+        "subpixel_output",
+        "gemm_weight_grads",
+        "mixed_precision",
+    ],  # fmt: skip
 )
 def test_each_speed_lever_keeps_the_loss(train_set, lever):
     plain_terms, _ = _one_epoch(train_set, **PLAIN)

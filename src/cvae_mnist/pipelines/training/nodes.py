@@ -79,6 +79,7 @@ class Trainer:
             label_lookup=config.label_lookup,
             channels_last=config.channels_last,
             subpixel_output=config.subpixel_output,
+            gemm_weight_grads=config.gemm_weight_grads,
         ).to(device)
         fused = config.fused_adam and device.type in {"cpu", "cuda"}
         optimizer = torch.optim.Adam(

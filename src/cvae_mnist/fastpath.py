@@ -181,8 +181,8 @@ class _StridedConv4x4(torch.autograd.Function):
 
 def strided_conv4x4(x: torch.Tensor, layer: nn.Conv2d | nn.ConvTranspose2d) -> torch.Tensor:
     """``layer(x)`` for a 4x4, stride-2, padding-1 (transposed) convolution, its weight gradient
-    computed as one matrix product over the larger map's 4x4 windows. oneDNN's weight-gradient
-    kernels for these layers split the batch between threads and add up their partial sums;
-    they ran about half as fast as the forward kernels here, and twice as slow again when the
-    host placed our two CPUs apart. The matrix product splits the output instead."""
+    computed as one matrix product over the larger map's 4x4 windows. oneDNN's bf16
+    weight-gradient kernels for these layers ran about half as fast as the forward kernels
+    here, and twice as slow again when the host placed our two CPUs apart (see the README's
+    Performance section); the matrix product held up much better."""
     return _StridedConv4x4.apply(x, layer.weight, layer.bias, isinstance(layer, nn.ConvTranspose2d))

@@ -130,4 +130,6 @@ def test_the_fast_model_is_the_plain_model(config):
     for name, expected in outputs["plain"][1].items():
         torch.testing.assert_close(outputs["fast"][1][name], expected, rtol=1e-4, atol=1e-5 * scale, msg=name)
     assert fast.decoder[-1].weight.is_contiguous(memory_format=torch.channels_last)
+    strided = [m for m in fast.modules() if isinstance(m, Conv4x4 | ConvTranspose4x4)]
+    assert len(strided) == 2 and all(m.gemm_weight_grad for m in strided)  # the fast path ran
     assert set(fast.state_dict()) == set(plain.state_dict())  # same weights, same checkpoints

@@ -39,9 +39,9 @@ class CVAEConfig:
     prior_components: int = 5  # Gaussians in each class's mixture when prior = "fitted"
 
 
-class Conv4x4(nn.Conv2d):
-    """``nn.Conv2d(in, out, 4, stride=2, padding=1)``; ``gemm_weight_grad`` computes the same function
-    with :func:`cvae_mnist.fastpath.strided_conv4x4` (same parameters and state_dict)."""
+class _Strided4x4:
+    """A 4x4, stride-2, padding-1 (transposed) convolution; ``gemm_weight_grad`` computes the
+    same function with :func:`cvae_mnist.fastpath.strided_conv4x4` (same parameters and state_dict)."""
 
     gemm_weight_grad = False
 
@@ -52,16 +52,12 @@ class Conv4x4(nn.Conv2d):
         return strided_conv4x4(x, self) if self.gemm_weight_grad else super().forward(x)
 
 
-class ConvTranspose4x4(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d(in, out, 4, stride=2, padding=1)``, with the same option."""
+class Conv4x4(_Strided4x4, nn.Conv2d):
+    """``nn.Conv2d(in, out, 4, stride=2, padding=1)``, see :class:`_Strided4x4`."""
 
-    gemm_weight_grad = False
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(in_channels, out_channels, 4, stride=2, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return strided_conv4x4(x, self) if self.gemm_weight_grad else super().forward(x)
+class ConvTranspose4x4(_Strided4x4, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d(in, out, 4, stride=2, padding=1)``, see :class:`_Strided4x4`."""
 
 
 class ResidualBlock(nn.Sequential):
@@ -121,7 +117,7 @@ class CVAE(nn.Module):
         self.register_buffer("prior_mean", torch.zeros(k, m, d))
         self.register_buffer("prior_scale_tril", torch.eye(d).repeat(k, m, 1, 1))
         for layer in self.modules():
-            if isinstance(layer, Conv4x4 | ConvTranspose4x4):
+            if isinstance(layer, _Strided4x4):
                 layer.gemm_weight_grad = gemm_weight_grads
         if channels_last:
             self.to(memory_format=torch.channels_last)

@@ -33,6 +33,13 @@ def project_catalog(env: str | None, required: tuple[str, ...] = ()) -> Iterator
         yield context.catalog, context.params
 
 
+def script_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark script's parser: its docstring as help, and ``--env``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default=None, help="Kedro environment (default: local)")
+    return parser
+
+
 def number(kind: type, minimum: float, what: str) -> Callable[[str], float]:
     """An argparse ``type``: a ``kind`` (int or float) of at least ``minimum``, else a one-line usage error."""
 

@@ -14,19 +14,15 @@ which is how far apart two runs' `fid` may be by sampling alone. Nothing is writ
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
-from _project import non_negative_int, project_catalog
+from _project import non_negative_int, project_catalog, script_parser
 
 from cvae_mnist.pipelines.evaluation.nodes import evaluate_generation
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--env", default=None, help="Kedro environment (default: local)")
+    parser = script_parser(__doc__)
     parser.add_argument(
         "--seeds", type=non_negative_int, nargs="+", default=[1, 2, 3, 4, 5], help="generation seeds"
     )

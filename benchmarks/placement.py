@@ -15,13 +15,12 @@ two placements can be compared.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
 from _placement import cpu_round_trip_ns
-from _project import positive_int, positive_seconds, project_catalog
+from _project import positive_int, positive_seconds, project_catalog, script_parser
 
 from cvae_mnist.config import TrainingConfig, parse_section
 from cvae_mnist.model import CVAEConfig
@@ -32,16 +31,13 @@ SETUPS = {"2 threads x 128": (2, 128), "1 thread x 128": (1, 128), "1 thread x 6
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument(
         "--seconds", type=positive_seconds, default=120, help="how long to alternate (default 120)"
     )
     parser.add_argument(
         "--steps", type=positive_int, default=20, help="training steps per setup and interval (default 20)"
     )
-    parser.add_argument("--env", default=None, help="Kedro environment (default: local)")
     args = parser.parse_args()
     if cpu_round_trip_ns(trips=10) is None:
         raise SystemExit("Error: this needs two CPUs that can be pinned (Linux).")

@@ -21,7 +21,6 @@ apart, and our loop then slows down much more than the reference (see the README
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import platform
@@ -32,7 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 from _placement import cpu_round_trip_ns
-from _project import non_negative_int, positive_int, project_catalog
+from _project import non_negative_int, positive_int, project_catalog, script_parser
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -94,9 +93,7 @@ def timed(function, *args):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--rounds", type=positive_int, default=8, help="alternating rounds (default 8)")
     parser.add_argument(
         "--images", type=non_negative_int, default=15000, help="images per round (default 15000; 0 = all)"
@@ -104,7 +101,6 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=positive_int, default=2000, help="images each loop trains on, untimed, first"
     )
-    parser.add_argument("--env", default=None, help="Kedro environment (default: local)")
     args = parser.parse_args()
 
     with project_catalog(args.env, required=("mnist_train", "mnist_test")) as (catalog, params):

@@ -88,6 +88,30 @@ def _subpixel_index() -> torch.Tensor:
 _SUBPIXEL_INDEX = _subpixel_index()
 
 
+def _windows(x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+    """The 4x4 windows, stride 2, padding 1, of ``x`` ``[N, C, H, W]``: ``[N * oh * ow, 16 * C]``,
+    ordered (kh, kw, c) — channels-last, so each window row is one contiguous run."""
+    padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()  # NHWC
+    n, c = padded.shape[0], padded.shape[3]
+    s = padded.stride()
+    oh, ow = out_size
+    windows = padded.as_strided((n, oh, ow, 4, 4 * c), (s[0], 2 * s[1], 2 * s[2], s[1], 1))
+    return windows.reshape(n * oh * ow, 16 * c)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``[N, C, H, W]`` as ``[N * H * W, C]`` (a view when ``t`` is channels-last)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _window_weight_grad(small: torch.Tensor, large: torch.Tensor) -> torch.Tensor:
+    """``sum`` over images and pixels of ``small``'s pixel times ``large``'s 4x4 window, as one
+    matrix product: the weight gradient ``[C_small, C_large, 4, 4]`` of a 4x4, stride-2,
+    padding-1 layer between them (conv: small = output gradient; transposed: small = input)."""
+    products = _rows(small).t() @ _windows(large, small.shape[-2:])  # [C_small, (kh, kw, C_large)]
+    return products.view(small.shape[1], 4, 4, large.shape[1]).permute(0, 3, 1, 2)
+
+
 class _SubpixelConvTranspose(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -103,17 +127,12 @@ class _SubpixelConvTranspose(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         x, w = ctx.saved_tensors
-        n, c_in, height, width = x.shape
-        c_out = w.shape[1]
-        # the 4x4 window of the (padded) output gradient that each input pixel wrote to,
-        # gathered by strides: [N * H * W, c_out * 16]
-        g = F.pad(grad.to(x.dtype), (1, 1, 1, 1)).contiguous()
-        s = g.stride()
-        windows = g.as_strided((n, height, width, c_out, 4, 4), (s[0], 2 * s[2], 2 * s[3], s[1], s[2], s[3]))
-        windows = windows.reshape(n * height * width, c_out * 16)
-        grad_x = (windows @ w.reshape(c_in, -1).t()).view(n, height, width, c_in).permute(0, 3, 1, 2)
-        pixels = x.permute(0, 2, 3, 1).reshape(n * height * width, c_in)
-        grad_w = (pixels.t() @ windows).view(c_in, c_out, 4, 4).to(ctx.dtypes[0])
+        grad = grad.to(x.dtype)
+        # each input pixel's 4x4 window of the output gradient, times the kernel
+        weights = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # [c_in, (kh, kw, c_out)]
+        grad_x = _windows(grad, x.shape[-2:]) @ weights.t()
+        grad_x = grad_x.view(x.shape[0], *x.shape[2:], x.shape[1]).permute(0, 3, 1, 2)
+        grad_w = _window_weight_grad(x, grad).to(ctx.dtypes[0])
         grad_b = None if ctx.dtypes[1] is None else grad.sum((0, 2, 3)).to(ctx.dtypes[1])
         return grad_x, grad_w, grad_b
 
@@ -130,22 +149,6 @@ def subpixel_conv_transpose2d(
     4x4 windows of the output gradient, gathered by strides.
     """
     return _SubpixelConvTranspose.apply(x, weight, bias)
-
-
-def _windows(x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-    """The 4x4 windows, stride 2, padding 1, of ``x`` ``[N, C, H, W]``: ``[N * oh * ow, 16 * C]``,
-    ordered (kh, kw, c) — channels-last, so each window row is one contiguous run."""
-    padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()  # NHWC
-    n, c = padded.shape[0], padded.shape[3]
-    s = padded.stride()
-    oh, ow = out_size
-    windows = padded.as_strided((n, oh, ow, 4, 4 * c), (s[0], 2 * s[1], 2 * s[2], s[1], 1))
-    return windows.reshape(n * oh * ow, 16 * c)
-
-
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """``[N, C, H, W]`` as ``[N * H * W, C]`` (a view when ``t`` is channels-last)."""
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
 class _StridedConv4x4(torch.autograd.Function):
@@ -171,10 +174,8 @@ class _StridedConv4x4(torch.autograd.Function):
         grad_x = torch.ops.aten.convolution_backward(
             grad, x, w, None, [2, 2], [1, 1], [1, 1], ctx.transposed, [0, 0], 1, [True, False, False]
         )[0]
-        # conv: dW[o, i] = grad(o)^T @ windows of x; transposed: dW[i, o] = x(i)^T @ windows of grad
         small, large = (x, grad) if ctx.transposed else (grad, x)
-        products = _rows(small).t() @ _windows(large, small.shape[-2:])  # [C_small, (kh, kw, C_large)]
-        grad_w = products.view(small.shape[1], 4, 4, large.shape[1]).permute(0, 3, 1, 2).to(ctx.dtypes[0])
+        grad_w = _window_weight_grad(small, large).to(ctx.dtypes[0])
         grad_b = None if ctx.dtypes[1] is None else grad.sum((0, 2, 3)).to(ctx.dtypes[1])
         return grad_x, grad_w, grad_b, None
 

@@ -9,8 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from kedro.config import OmegaConfigLoader
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+
+from cvae_mnist.params import ProjectParameters
+from cvae_mnist.settings import CONFIG_LOADER_ARGS
 
 
 @contextmanager
@@ -31,6 +35,13 @@ def project_catalog(env: str | None, required: tuple[str, ...] = ()) -> Iterator
                 f"run `kedro run{where}` first (see the README)."
             )
         yield context.catalog, context.params
+
+
+def environment_parameters(env: str) -> ProjectParameters:
+    """The validated parameters of ``conf/<env>`` over ``conf/base`` (without ``conf/local``)."""
+    args = {key: value for key, value in CONFIG_LOADER_ARGS.items() if key != "default_run_env"}
+    loader = OmegaConfigLoader(str(Path.cwd() / "conf"), env=env, **args)
+    return ProjectParameters.model_validate(loader["parameters"])
 
 
 def script_parser(doc: str | None) -> argparse.ArgumentParser:

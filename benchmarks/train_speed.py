@@ -4,19 +4,16 @@ Run from the project root after `kedro run --pipeline data_ingestion` (or any fu
 
     .venv/bin/python benchmarks/train_speed.py            # or: make benchmark
 
-Both loops train the report's CVAE (latent 100, batch 128) on the same images (the
+Both loops train the report configuration's CVAE (conf/report, batch 128) on the same images (the
 first 15,000 training images by default), one pass per round, alternating reference and
 ours over 8 rounds; the ratio printed is the median of the rounds' ratios. Short rounds
 keep each pair of measurements close in time on a machine whose speed drifts. Ours uses
 the speed settings of the `training` parameters exactly as `kedro run` does (conf/base,
-plus conf/local or --env); when the default architecture (`model` parameters) is not
-the report's, our node training it is timed in the same rounds and printed beside.
+plus conf/local or --env); our engine training the default architecture (`model`
+parameters) is timed in the same rounds and printed beside.
 The evaluation node (the report's five metrics over the test set) and the ingestion
 node are timed too, and each loop's CPU time (user and system) and minor page faults per
-batch are printed: system time is mostly the kernel handing out fresh pages. Each round
-also prints how long one cache line takes to travel between our two CPUs and back
-(benchmarks/_placement.py): on a shared virtual machine the host may move our CPUs
-apart, and our loop then slows down much more than the reference (see the README).
+batch are printed: system time is mostly the kernel handing out fresh pages.
 """
 
 from __future__ import annotations
@@ -27,22 +24,22 @@ import platform
 import resource
 import statistics
 import time
+from contextlib import ExitStack
 
 import torch
 import torch.nn.functional as F
-from _placement import cpu_round_trip_ns
-from _project import non_negative_int, positive_int, project_catalog, script_parser
+from _project import environment_parameters, non_negative_int, positive_int, project_catalog, script_parser
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from cvae_mnist.config import TrainingConfig, parse_section
-from cvae_mnist.model import CVAE, CVAEConfig, to_checkpoint
+from cvae_mnist.fastpath import accelerated
+from cvae_mnist.model import CVAE
+from cvae_mnist.params import ModelParams, TrainingParams
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
-from cvae_mnist.pipelines.evaluation.nodes import evaluate_reconstructions
-from cvae_mnist.pipelines.training.nodes import Trainer
+from cvae_mnist.pipelines.evaluation.nodes import evaluate_reconstructions, reconstruct_test_set
 from cvae_mnist.runtime import seed_everything
+from cvae_mnist.training import CVAEObjective, Trainer
 
-REPORT_MODEL = CVAEConfig(image_size=28, num_classes=10, latent_dim=100, base_channels=32)
 BATCH_SIZE = 128
 # Zen 4 runs AVX-512 on two 256-bit FMA pipes: 2 x 8 lanes x 2 FLOP per cycle and core.
 FP32_FLOP_PER_CYCLE = 32
@@ -68,7 +65,26 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def flop_per_image(model_config: CVAEConfig) -> float:
+def our_trainer(model: CVAE, training: TrainingParams, total_steps: int, stack: ExitStack) -> Trainer:
+    """Our engine as `kedro run` sets it up, the fast path held open on ``stack``."""
+    device = torch.device("cpu")
+    if training.fast_path == "auto":
+        stack.enter_context(accelerated(model, device))
+    return Trainer(
+        model,
+        CVAEObjective(training.loss, training.beta),
+        lr=training.lr,
+        total_steps=total_steps,
+        device=device,
+        name="training",
+        schedule=training.lr_schedule,
+        betas=(training.adam_beta1, 0.999),
+        mixed_precision=training.mixed_precision,
+        compile=training.compile,
+    )
+
+
+def flop_per_image(model_config: ModelParams) -> float:
     """Forward + backward FLOPs of one fp32 training image, counted by torch."""
     model = CVAE(model_config)
     x, y = torch.rand(BATCH_SIZE, 1, 28, 28), torch.randint(0, 10, (BATCH_SIZE,))
@@ -107,34 +123,34 @@ def main() -> None:
         train = catalog.load("mnist_train")
         test = catalog.load("mnist_test")
         raw, raw_seconds = timed(catalog.load, "mnist_raw")
-        model_checkpoint = catalog.load("cvae_model") if catalog.exists("cvae_model") else None
+        trained = catalog.load("cvae_model") if catalog.exists("cvae_model") else None
 
-    config = parse_section(TrainingConfig, "training", params["training"])
-    ours_model = parse_section(CVAEConfig, "model", params["model"])
+    config: TrainingParams = params["training"]
+    ours_model: ModelParams = params["model"]
+    report_model = environment_parameters("report").model
     if args.images:
         train = {key: value[: args.images] for key, value in train.items()}
     n = len(train["labels"])
-    device = torch.device("cpu")
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; {n} training images, batch {BATCH_SIZE}, {args.rounds} rounds"
     )
     print(
-        f"ours: {', '.join(f'{k}={getattr(config, k)}' for k in ('fused_bce', 'in_memory_batches', 'label_lookup', 'fused_adam', 'channels_last', 'subpixel_output', 'gemm_weight_grads', 'mixed_precision', 'compile'))}"
+        f"ours: {', '.join(f'{k}={getattr(config, k)}' for k in ('fast_path', 'mixed_precision', 'compile'))}"
     )
 
     generator = seed_everything(1)
-    reference_model = CVAE(REPORT_MODEL)
+    reference_model = CVAE(report_model)
     reference_optimizer = torch.optim.Adam(reference_model.parameters(), lr=1e-3)
     loader = DataLoader(TensorDataset(train["images"], train["labels"]), batch_size=BATCH_SIZE, shuffle=True)
     # a learning-rate schedule, if any, spans the warm-up and every round
-    ours_config = TrainingConfig(**{**config.__dict__, "batch_size": BATCH_SIZE, "epochs": args.rounds + 1})
-    steps = math.ceil(n / BATCH_SIZE)
-    variants = {"reference": None, "ours": Trainer.create(REPORT_MODEL, ours_config, device, steps)}
-    architectures = {"reference": REPORT_MODEL, "ours": REPORT_MODEL}
-    if ours_model != REPORT_MODEL:
+    total_steps = (args.rounds + 1) * math.ceil(n / BATCH_SIZE)
+    stack = ExitStack()
+    variants = {"reference": None, "ours": our_trainer(CVAE(report_model), config, total_steps, stack)}
+    architectures = {"reference": report_model, "ours": report_model}
+    if ours_model != report_model:
         name = "ours, default architecture"
-        variants[name] = Trainer.create(ours_model, ours_config, device, steps)
+        variants[name] = our_trainer(CVAE(ours_model), config, total_steps, stack)
         architectures[name] = ours_model
 
     # untimed warm-up: oneDNN builds its kernels on first use, the DataLoader its iterator
@@ -144,39 +160,32 @@ def main() -> None:
     )
     for trainer in variants.values():
         if trainer is not None:
-            trainer.train_epoch(warmup, generator, epoch=0)
+            trainer.train_epoch(warmup, BATCH_SIZE, generator, "warm-up")
 
     speeds: dict[str, list[float]] = {name: [] for name in variants}
     # CPU time and minor page faults of each loop (whole process: both threads, the kernel's share apart)
     usage = {name: dict.fromkeys(("user", "system", "faults"), 0.0) for name in variants}
     for round_number in range(1, args.rounds + 1):
-        round_trips = [cpu_round_trip_ns()]
         for name, trainer in variants.items():
             before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             if trainer is None:
                 reference_epoch(reference_model, reference_optimizer, loader)
             else:
-                trainer.train_epoch(train, generator, epoch=1)
+                trainer.train_epoch(train, BATCH_SIZE, generator, f"round {round_number}")
             speeds[name].append(n / (time.perf_counter() - started))
             after = resource.getrusage(resource.RUSAGE_SELF)
             usage[name]["user"] += after.ru_utime - before.ru_utime
             usage[name]["system"] += after.ru_stime - before.ru_stime
             usage[name]["faults"] += after.ru_minflt - before.ru_minflt
-        round_trips.append(cpu_round_trip_ns())
-        placement = (
-            f"; CPU round trip {round_trips[0]:.0f} ns before, {round_trips[1]:.0f} ns after"
-            if None not in round_trips
-            else ""
-        )
         print(
             f"round {round_number}: "
-            + ", ".join(f"{name} {values[-1]:.0f} img/s" for name, values in speeds.items())
-            + placement,
+            + ", ".join(f"{name} {values[-1]:.0f} img/s" for name, values in speeds.items()),
             flush=True,
         )
+    stack.close()
 
     ratios = [o / r for o, r in zip(speeds["ours"], speeds["reference"])]
-    flops = flop_per_image(REPORT_MODEL)
+    flops = flop_per_image(report_model)
     print()
     for name, values in speeds.items():
         median, model_flops = statistics.median(values), flop_per_image(architectures[name])
@@ -187,7 +196,7 @@ def main() -> None:
     print(
         f"{'training speed ratio':>28}: {statistics.median(ratios):.2f}x ours / reference (median of {[round(r, 2) for r in ratios]})"
     )
-    batches = args.rounds * steps
+    batches = args.rounds * math.ceil(n / BATCH_SIZE)
     print(f"{'per batch':>28}: CPU time (both threads, user + system) and minor page faults")
     for name, used in usage.items():
         print(
@@ -204,15 +213,17 @@ def main() -> None:
     print(f"{'peak resident memory':>28}: {peak_rss_mib():.0f} MiB (whole process, after both loops)")
 
     (train_set, test_set), decode_seconds = timed(decode_mnist, raw, params["data_ingestion"])
-    label = "trained model" if model_checkpoint is not None else "untrained model (no cvae_model yet)"
-    checkpoint = model_checkpoint or to_checkpoint(CVAE(ours_model))
-    metrics, evaluate_seconds = timed(evaluate_reconstructions, checkpoint, test, params["evaluation"])
+    label = "trained model" if trained is not None else "untrained model (no cvae_model yet)"
+    model = trained or CVAE(ours_model).eval()
+    started = time.perf_counter()
+    metrics = evaluate_reconstructions(reconstruct_test_set(model, test, params["evaluation"]), test)
+    evaluate_seconds = time.perf_counter() - started
     print(
         f"{'ingestion':>28}: load + SHA-256 of the raw files {raw_seconds:.2f} s, decode_mnist node {decode_seconds:.2f} s "
         f"({len(train_set['labels'])} + {len(test_set['labels'])} images)"
     )
     print(
-        f"{'evaluation':>28}: evaluate_reconstructions node {evaluate_seconds:.2f} s over {int(metrics['n_images'].item())} "
+        f"{'evaluation':>28}: reconstruct_test_set and evaluate_reconstructions nodes {evaluate_seconds:.2f} s over {int(metrics['n_images'].item())} "
         f"test images ({label})"
     )
 

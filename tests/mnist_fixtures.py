@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from cvae_mnist.datasets.mnist_raw_dataset import MNIST_FILES
+from cvae_mnist.errors import find_user_error
 from cvae_mnist.idx import encode_idx
 
 
@@ -88,3 +91,11 @@ def run_session(project: Path, pipeline: str | None = None) -> None:
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env="test") as session:
         session.run(pipeline_name=pipeline)
+
+
+@contextmanager
+def raises_user_error(kind, match=None):
+    """Like ``pytest.raises``, for user errors that Kedro's dataset wrapper re-raises."""
+    with pytest.raises(Exception, match=match) as excinfo:
+        yield excinfo
+    assert isinstance(find_user_error(excinfo.value), kind)

@@ -1,39 +1,15 @@
-"""Helpers of the benchmark scripts: the CPU round-trip probe and the checks of numeric options."""
+"""Helpers of the benchmark scripts: the checks of numeric options, the environments' parameters."""
 
 import argparse
-import math
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _placement import cpu_round_trip_ns  # noqa: E402
-from _project import non_negative_int, positive_int, positive_seconds  # noqa: E402
+from _project import environment_parameters, non_negative_int, positive_int, positive_seconds  # noqa: E402
 
-pinnable = pytest.mark.skipif(
-    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,  # noqa: PLR2004
-    reason="needs two CPUs that can be pinned (Linux)",
-)
-
-
-@pinnable
-def test_the_probe_measures_a_round_trip_and_gives_back_every_cpu():
-    before = os.sched_getaffinity(0)
-    nanoseconds = cpu_round_trip_ns(trips=2000)
-    assert nanoseconds is not None and math.isfinite(nanoseconds) and nanoseconds > 0
-    assert os.sched_getaffinity(0) == before
-
-
-@pinnable
-def test_the_probe_needs_two_cpus():
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    try:
-        assert cpu_round_trip_ns(trips=100) is None
-    finally:
-        os.sched_setaffinity(0, before)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_numeric_options_take_numbers_in_range():
@@ -53,3 +29,10 @@ def test_numeric_options_take_numbers_in_range():
 def test_numeric_options_refuse_the_rest_with_a_message(check, text):
     with pytest.raises(argparse.ArgumentTypeError, match=f"not '{text}'"):
         check(text)
+
+
+def test_an_environments_parameters_are_read_over_base(monkeypatch):
+    monkeypatch.chdir(REPO)
+    report = environment_parameters("report")
+    assert report.model.conditioning == "one_hot" and report.training.beta == 1.0
+    assert report.evaluation == environment_parameters("base").evaluation  # not pinned: from conf/base

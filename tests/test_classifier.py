@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from cvae_mnist.classifier import DigitClassifier, frechet_distance, predict, train_classifier
+from cvae_mnist.params import ClassifierParams
 from mnist_fixtures import synthetic_digits
 
 
@@ -28,9 +29,8 @@ def test_classifier_learns_the_synthetic_digits():
     images, labels = synthetic_digits(400, seed=0)
     x = torch.from_numpy(images).float().div(255).unsqueeze(1)
     y = torch.from_numpy(labels).long()
-    torch.manual_seed(0)
     model = train_classifier(
-        x, y, epochs=3, batch_size=32, lr=1e-3, generator=torch.Generator().manual_seed(0)
+        {"images": x, "labels": y}, ClassifierParams(epochs=3, batch_size=32, lr=1e-3, seed=0)
     )
     test_images, test_labels = synthetic_digits(100, seed=1)
     predicted, features = predict(

@@ -1,5 +1,4 @@
 import gzip
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -8,16 +7,8 @@ import torch
 from cvae_mnist.datasets import MNISTRawDataset, TorchDataset
 from cvae_mnist.datasets import mnist_raw_dataset as raw_module
 from cvae_mnist.datasets.mnist_raw_dataset import MNIST_FILES
-from cvae_mnist.errors import DataError, ModelFileError, find_user_error
-from mnist_fixtures import write_tiny_mnist
-
-
-@contextmanager
-def raises_user_error(kind, match=None):
-    """Like ``pytest.raises``, for errors that Kedro's dataset wrapper re-raises."""
-    with pytest.raises(Exception, match=match) as excinfo:
-        yield excinfo
-    assert isinstance(find_user_error(excinfo.value), kind)
+from cvae_mnist.errors import DataError, ModelFileError
+from mnist_fixtures import raises_user_error, write_tiny_mnist
 
 
 def _no_temporary_files(folder: Path) -> bool:

@@ -1,17 +1,33 @@
-"""The fast paths compute the same function as the plain layers: values and gradients."""
+"""The fast forms compute the same function as the plain layers: values and gradients."""
+
+import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from cvae_mnist.fastpath import FlattenKeepLayout, label_conv, strided_conv4x4, subpixel_conv_transpose2d
-from cvae_mnist.model import CVAE, Conv4x4, ConvTranspose4x4, CVAEConfig
+from cvae_mnist.fastpath import (
+    FlattenKeepLayout,
+    GemmConv4x4,
+    GemmConvTranspose4x4,
+    LabelLookupConv2d,
+    SubpixelConvTranspose2d,
+    UnflattenChannelsLast,
+    accelerated,
+    strided_conv4x4,
+    subpixel_conv_transpose2d,
+)
+from cvae_mnist.model import CVAE, ConditionedConv2d
+from cvae_mnist.params import ModelParams
 
-REPORT = CVAEConfig(latent_dim=8, base_channels=4)
-WIDER = CVAEConfig(
-    latent_dim=6, base_channels=4, conditioning="embedding", embedding_dim=3, normalization="batch",
-    residual_blocks=1,
-)  # fmt: skip
+SMALL = {"latent_dim": 6, "base_channels": 4, "prior": "standard_normal"}
+CONFIGS = {
+    "two_stage, report's layers": ModelParams(**SMALL, conditioning="one_hot", normalization="none", residual_blocks=0),
+    "two_stage, default layers": ModelParams(**SMALL, embedding_dim=3),
+    "report": ModelParams(**SMALL, architecture="report", conditioning="one_hot", normalization="none", residual_blocks=0),
+    "report, default layers": ModelParams(**SMALL, architecture="report", embedding_dim=3),
+}  # fmt: skip
 
 
 def _grads(function, *inputs):
@@ -48,14 +64,22 @@ def test_subpixel_conv_transpose_gradients_pass_gradcheck(bias):
     )
 
 
-@pytest.mark.parametrize("layer", [Conv4x4(5, 6), ConvTranspose4x4(6, 5)], ids=["conv", "transposed"])
+def _conv(transposed: bool, c_in: int, c_out: int) -> nn.Module:
+    return (nn.ConvTranspose2d if transposed else nn.Conv2d)(c_in, c_out, 4, stride=2, padding=1)
+
+
+@pytest.mark.parametrize(
+    ("transposed", "size"),
+    [(False, 14), (False, 7), (True, 7), (True, 3)],
+    ids=["14to7", "7to3", "7to14", "3to6"],
+)
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_gemm_weight_gradient_is_the_layers_gradient(layer, memory_format):
+def test_gemm_weight_gradient_is_the_layers_gradient(transposed, size, memory_format):
     torch.manual_seed(0)
-    size = 14 if isinstance(layer, Conv4x4) else 7
+    layer = _conv(transposed, 5, 6)
     x = torch.randn(3, layer.in_channels, size, size).contiguous(memory_format=memory_format)
     function = {
-        "plain": lambda x, w, b: type(layer).forward(_with(layer, w, b), x),
+        "plain": lambda x, w, b: _with(layer, w, b)(x),
         "gemm": lambda x, w, b: strided_conv4x4(x, _with(layer, w, b)),
     }
     (expected, expected_grads), (got, got_grads) = (
@@ -68,16 +92,16 @@ def test_gemm_weight_gradient_is_the_layers_gradient(layer, memory_format):
 
 def _with(layer, weight, bias):
     """A copy of ``layer`` whose weight and bias are the given tensors (to differentiate through them)."""
-    copy = type(layer)(layer.in_channels, layer.out_channels)
-    del copy.weight, copy.bias
-    copy.weight, copy.bias = weight, bias
-    return copy
+    twin = copy.deepcopy(layer)
+    del twin.weight, twin.bias
+    twin.weight, twin.bias = weight, bias
+    return twin
 
 
 @pytest.mark.parametrize("transposed", [False, True])
 def test_gemm_weight_gradient_passes_gradcheck(transposed):
     torch.manual_seed(0)
-    layer = (ConvTranspose4x4(3, 2) if transposed else Conv4x4(3, 2)).double()
+    layer = _conv(transposed, 3, 2).double()
     x = torch.randn(2, 3, 4 if transposed else 8, 4 if transposed else 8, dtype=torch.float64)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
     assert torch.autograd.gradcheck(
@@ -85,18 +109,19 @@ def test_gemm_weight_gradient_passes_gradcheck(transposed):
     )
 
 
-def test_label_conv_is_the_convolution_of_image_and_label_channels():
+@pytest.mark.parametrize("label_kind", ["one_hot", "embedding"])
+def test_the_label_lookup_is_the_conditioned_convolution(label_kind):
     torch.manual_seed(0)
-    conv = torch.nn.Conv2d(1 + 10, 6, 4, stride=2, padding=1)
+    conv = ConditionedConv2d(1 + 10, 6, 4, stride=2, padding=1)
     x, labels = torch.rand(5, 1, 28, 28), torch.tensor([0, 3, 3, 9, 1])
-    maps = torch.eye(10)
-    expected = conv(torch.cat([x, maps[labels][:, :, None, None].expand(-1, -1, 28, 28)], dim=1))
-    (expected * torch.linspace(-1, 1, expected.numel()).view_as(expected)).sum().backward()
-    expected_grad, conv.weight.grad = conv.weight.grad, None
-    got = label_conv(conv, x, maps, labels)
-    (got * torch.linspace(-1, 1, got.numel()).view_as(got)).sum().backward()
+    label = torch.eye(10)[labels] if label_kind == "one_hot" else torch.randn(5, 10)
+    fast = copy.deepcopy(conv)
+    fast.__class__ = LabelLookupConv2d
+    expected, expected_grads = _grads(conv, x, label)
+    got, got_grads = _grads(fast, x, label)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(conv.weight.grad, expected_grad, rtol=1e-5, atol=1e-4)
+    for g, e in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
@@ -109,27 +134,37 @@ def test_flatten_keeps_the_gradient_in_the_input_layout(memory_format):
     assert x.grad.is_contiguous(memory_format=memory_format)
 
 
-@pytest.mark.parametrize("config", [REPORT, WIDER], ids=["report", "wider"])
-def test_the_fast_model_is_the_plain_model(config):
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_the_accelerated_model_is_the_plain_model(config):
     torch.manual_seed(0)
     plain = CVAE(config)
-    fast = CVAE(config, label_lookup=True, channels_last=True, subpixel_output=True, gemm_weight_grads=True)
-    fast.load_state_dict(plain.state_dict())
+    fast = copy.deepcopy(plain)
     x, y = torch.rand(6, 1, 28, 28), torch.tensor([0, 3, 3, 9, 1, 7])
     outputs = {}
-    for name, model in (("plain", plain), ("fast", fast)):
-        torch.manual_seed(1)  # the same z noise
-        images = x.contiguous(memory_format=torch.channels_last) if model.channels_last else x
-        logits, mu, logvar = model(images, y)
-        (logits.sum() + mu.sum() + logvar.square().sum()).backward()
-        outputs[name] = [logits, mu, logvar], {n: p.grad for n, p in model.named_parameters()}
+    with accelerated(fast, torch.device("cpu")):
+        for name, model in (("plain", plain), ("fast", fast)):
+            torch.manual_seed(1)  # the same z noise
+            logits, mu, logvar = model(x, y)
+            (logits.sum() + mu.sum() + logvar.square().sum()).backward()
+            outputs[name] = [logits, mu, logvar], {n: p.grad for n, p in model.named_parameters()}
+        forms = {type(m) for m in fast.modules()}
+        assert {LabelLookupConv2d, SubpixelConvTranspose2d, FlattenKeepLayout, UnflattenChannelsLast} <= forms
+        assert {GemmConv4x4, GemmConvTranspose4x4} <= forms  # every architecture has inner 4x4 layers
+        assert fast.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     for got, expected in zip(outputs["fast"][0], outputs["plain"][0], strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    # fp32 sums in another order: compare at the scale of the largest gradient (about 60 here)
+    # fp32 sums in another order: compare at the scale of the largest gradient
     scale = max(g.abs().max().item() for g in outputs["plain"][1].values())
     for name, expected in outputs["plain"][1].items():
         torch.testing.assert_close(outputs["fast"][1][name], expected, rtol=1e-4, atol=1e-5 * scale, msg=name)
-    assert fast.decoder[-1].weight.is_contiguous(memory_format=torch.channels_last)
-    strided = [m for m in fast.modules() if isinstance(m, Conv4x4 | ConvTranspose4x4)]
-    assert len(strided) == 2 and all(m.gemm_weight_grad for m in strided)  # the fast path ran
-    assert set(fast.state_dict()) == set(plain.state_dict())  # same weights, same checkpoints
+    # after the block: the plain classes and layout again, the same parameters
+    assert [type(m) for m in fast.modules()] == [type(m) for m in plain.modules()]
+    assert fast.conv1.weight.is_contiguous() and set(fast.state_dict()) == set(plain.state_dict())
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_nothing_is_swapped_on_devices_where_it_was_not_measured(device):
+    model = CVAE(CONFIGS["report"])
+    before = [type(m) for m in model.modules()]
+    with accelerated(model, torch.device(device)):  # only the device's type is read
+        assert [type(m) for m in model.modules()] == before

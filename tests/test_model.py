@@ -1,20 +1,29 @@
-import io
-
 import pytest
 import torch
 from torch.distributions import Bernoulli, Normal
 
+from cvae_mnist.datasets import CVAEDataset
+from cvae_mnist.datasets.torch_dataset import model_from_checkpoint, model_to_checkpoint
 from cvae_mnist.errors import ModelFileError
-from cvae_mnist.inference import generate, likelihood_terms, load_model, reconstruct
+from cvae_mnist.inference import generate, likelihood_terms, reconstruct
 from cvae_mnist.losses import kl_divergence
-from cvae_mnist.model import CVAE, CVAEConfig, to_checkpoint
+from cvae_mnist.model import CVAE
+from cvae_mnist.params import ModelParams
 from cvae_mnist.prior import fit_class_prior
+from mnist_fixtures import raises_user_error
+
+PLAIN = {"conditioning": "one_hot", "normalization": "none", "residual_blocks": 0, "prior": "standard_normal"}
+
+
+def config(**changes) -> ModelParams:
+    """A small model: the default's layers unless changed."""
+    return ModelParams(**{"latent_dim": 8, "base_channels": 4, **PLAIN, **changes})
 
 
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return CVAE(CVAEConfig(latent_dim=8, base_channels=4))
+    return CVAE(config())
 
 
 def test_forward_shapes(model):
@@ -22,14 +31,6 @@ def test_forward_shapes(model):
     logits, mu, logvar = model(x, y)
     assert logits.shape == (5, 1, 28, 28)
     assert mu.shape == logvar.shape == (5, 8)
-
-
-def test_label_lookup_computes_the_same_encoding(model):
-    x, y = torch.rand(6, 1, 28, 28), torch.tensor([0, 3, 3, 9, 1, 7])
-    plain = model.encode(x, y)
-    model.label_lookup = True
-    for fast, reference in zip(model.encode(x, y), plain):
-        torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_reparameterize_uses_the_standard_deviation():
@@ -40,21 +41,28 @@ def test_reparameterize_uses_the_standard_deviation():
     assert z.std().item() == pytest.approx(torch.e, rel=0.01)
 
 
-def test_checkpoint_roundtrip_with_weights_only(model):
-    buffer = io.BytesIO()
-    torch.save(to_checkpoint(model), buffer)
-    buffer.seek(0)
-    restored = load_model(torch.load(buffer, weights_only=True))
-    assert restored.config == model.config
+def test_the_dataset_saves_a_model_and_loads_it_ready_with_weights_only(model, tmp_path, monkeypatch):
+    dataset = CVAEDataset(filepath=str(tmp_path / "cvae.pt"))
+    dataset.save(model)
+    loads = []
+    monkeypatch.setattr(
+        torch, "load", lambda *a, **kw: loads.append(kw) or torch.serialization.load(*a, **kw)
+    )
+    restored = dataset.load()
+    assert loads == [{"map_location": "cpu", "weights_only": True}]
+    assert isinstance(restored, CVAE) and restored.config == model.config and not restored.training
     for name, tensor in model.state_dict().items():
         assert torch.equal(restored.state_dict()[name], tensor)
 
 
-def test_checkpoint_with_a_mismatched_config_is_reported(model):
-    checkpoint = to_checkpoint(model)
+def test_a_saved_model_that_does_not_fit_its_parameters_is_named(model, tmp_path):
+    checkpoint = model_to_checkpoint(model)
     checkpoint["config"]["latent_dim"] = 16
-    with pytest.raises(ModelFileError, match=r"cvae_model does not match its saved config .*latent_dim': 16"):
-        load_model(checkpoint)
+    with pytest.raises(ModelFileError, match=r"cvae.pt does not match the model parameters saved in it"):
+        model_from_checkpoint(checkpoint, "cvae.pt")
+    torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")
+    with raises_user_error(ModelFileError, match=r"other.pt is not a CVAE saved by this project"):
+        CVAEDataset(filepath=str(tmp_path / "other.pt")).load()
 
 
 def test_reconstruct_and_generate_shapes_and_range(model):
@@ -105,32 +113,54 @@ def test_more_importance_samples_tighten_the_bound(model):
     assert many["iw_nll"].mean() < one["iw_nll"].mean()
 
 
-def test_the_default_config_is_the_report_architecture():
-    model = CVAE(CVAEConfig())
-    # the report's layers, by name and shape: nothing more (two prior buffers aside)
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    assert shapes == {
-        "encoder.0.weight": (32, 11, 4, 4),
-        "encoder.0.bias": (32,),
-        "encoder.2.weight": (64, 32, 4, 4),
-        "encoder.2.bias": (64,),
-        "fc_mu.weight": (100, 3136),
-        "fc_mu.bias": (100,),
-        "fc_logvar.weight": (100, 3136),
-        "fc_logvar.bias": (100,),
-        "decoder_input.weight": (3136, 110),
-        "decoder_input.bias": (3136,),
-        "decoder.2.weight": (64, 32, 4, 4),
-        "decoder.2.bias": (32,),
-        "decoder.4.weight": (32, 1, 4, 4),
-        "decoder.4.bias": (1,),
-    }
+def _shapes(model: CVAE) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
-WIDER = CVAEConfig(
-    latent_dim=6, base_channels=4, conditioning="embedding", embedding_dim=3, normalization="batch",
-    residual_blocks=2,
-)  # fmt: skip
+def test_the_report_architecture_is_the_reports_nn_cvae():
+    model = CVAE(ModelParams(architecture="report", **PLAIN))
+    # encoder 11 -> 32 -> 64 -> 128 channels, 28 -> 14 -> 7 -> 3; decoder 3 -> 6 -> 14 -> 28
+    assert _shapes(model) == {
+        "conv1.weight": (32, 11, 4, 4), "conv1.bias": (32,),
+        "encoder.conv2.weight": (64, 32, 4, 4), "encoder.conv2.bias": (64,),
+        "encoder.conv3.weight": (128, 64, 4, 4), "encoder.conv3.bias": (128,),
+        "fc_mu.weight": (100, 1152), "fc_mu.bias": (100,),
+        "fc_logvar.weight": (100, 1152), "fc_logvar.bias": (100,),
+        "decoder_input.weight": (1152, 110), "decoder_input.bias": (1152,),
+        "decoder.upconv1.weight": (128, 64, 4, 4), "decoder.upconv1.bias": (64,),
+        "decoder.upconv2.weight": (64, 32, 4, 4), "decoder.upconv2.bias": (32,),
+        "decoder.upconv3.weight": (32, 1, 4, 4), "decoder.upconv3.bias": (1,),
+    }  # fmt: skip
+    assert [m.padding for m in model.decoder if isinstance(m, torch.nn.ConvTranspose2d)] == [
+        (1, 1),
+        (0, 0),
+        (1, 1),
+    ]
+    assert [type(m).__name__ for m in model.decoder][:2] == ["Unflatten", "ConvTranspose2d"]  # no ReLU first
+    h = model.decoder_input(torch.zeros(1, 110))
+    sizes = [h.shape[-1]]
+    for layer in model.decoder:
+        h = layer(h)
+        sizes += [h.shape[-1]] if isinstance(layer, torch.nn.ConvTranspose2d) else []
+    assert sizes == [1152, 6, 14, 28]
+
+
+def test_the_two_stage_architecture_with_the_reports_layers():
+    model = CVAE(ModelParams(**PLAIN))
+    assert _shapes(model) == {
+        "conv1.weight": (32, 11, 4, 4), "conv1.bias": (32,),
+        "encoder.conv2.weight": (64, 32, 4, 4), "encoder.conv2.bias": (64,),
+        "fc_mu.weight": (100, 3136), "fc_mu.bias": (100,),
+        "fc_logvar.weight": (100, 3136), "fc_logvar.bias": (100,),
+        "decoder_input.weight": (3136, 110), "decoder_input.bias": (3136,),
+        "decoder.upconv1.weight": (64, 32, 4, 4), "decoder.upconv1.bias": (32,),
+        "decoder.upconv2.weight": (32, 1, 4, 4), "decoder.upconv2.bias": (1,),
+    }  # fmt: skip
+
+
+WIDER = config(
+    conditioning="embedding", embedding_dim=3, normalization="batch", residual_blocks=2, latent_dim=6
+)
 
 
 def test_embedding_batch_norm_and_residual_blocks_shapes():
@@ -138,18 +168,8 @@ def test_embedding_batch_norm_and_residual_blocks_shapes():
     model = CVAE(WIDER)
     logits, mu, logvar = model(torch.rand(5, 1, 28, 28), torch.arange(5))
     assert logits.shape == (5, 1, 28, 28) and mu.shape == logvar.shape == (5, 6)
-    assert model.encoder[0].in_channels == 1 + 3  # image + embedding channels
+    assert model.conv1.in_channels == 1 + 3  # image + embedding channels
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 3 + 2 * 2 * 2
-
-
-def test_label_lookup_is_exact_for_embeddings_too():
-    torch.manual_seed(0)
-    model = CVAE(WIDER).eval()
-    x, y = torch.rand(6, 1, 28, 28), torch.tensor([0, 3, 3, 9, 1, 7])
-    plain = model.encode(x, y)
-    model.label_lookup = True
-    for fast, reference in zip(model.encode(x, y), plain):
-        torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_the_standard_normal_prior_samples_the_noise_itself(model):
@@ -168,7 +188,7 @@ def _clusters(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 
 def test_fit_class_prior_recovers_each_class_mixture():
-    model = CVAE(CVAEConfig(latent_dim=8, base_channels=4, prior="fitted", prior_components=2))
+    model = CVAE(config(prior="fitted", prior_components=2))
     codes, labels, centres = _clusters(40_000)
     # posterior means at the clusters' points, each with variance 0.01 around it
     fit_class_prior(model, codes, torch.full_like(codes, -4.6052), labels, seed=0)
@@ -192,7 +212,7 @@ def test_fit_class_prior_recovers_each_class_mixture():
 
 
 def test_fit_class_prior_needs_enough_images_per_class():
-    model = CVAE(CVAEConfig(latent_dim=8, base_channels=4, prior="fitted", prior_components=3))
+    model = CVAE(config(prior="fitted", prior_components=3))
     codes, labels, _ = _clusters(25)  # classes 0-4 have 3 images, 5-9 only 2
     with pytest.raises(
         ValueError, match="fitting 3 Gaussians to class 5 needs at least 3 training images of it, got 2"
@@ -219,12 +239,12 @@ def test_likelihood_terms_use_the_fitted_prior(model):
 
 def test_a_mixture_prior_kl_is_estimated_with_the_draws():
     torch.manual_seed(0)
-    model = CVAE(CVAEConfig(latent_dim=8, base_channels=4, prior="fitted", prior_components=2))
+    model = CVAE(config(prior="fitted", prior_components=2))
     images, labels = torch.rand(3, 1, 28, 28), torch.arange(3)
     # two identical components: the same density as one Gaussian, whose KL is known
     estimated = likelihood_terms(model, images, labels, 4000, 4000, torch.device("cpu"), seed=0)["kl"]
     assert model.prior_weights.shape == (10, 2)
-    single = CVAE(CVAEConfig(latent_dim=8, base_channels=4))
+    single = CVAE(config())
     single.load_state_dict(
         {**model.state_dict(), **{k: v for k, v in single.state_dict().items() if "prior" in k}}
     )

@@ -6,13 +6,62 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
 import click
 from kedro.framework.cli.project import run as kedro_run
+from kedro.validation import ParameterValidationError
 
-from cvae_mnist.errors import find_user_error
+from cvae_mnist.errors import (
+    CvaeMnistError,
+    ParameterError,
+    describe_problem,
+    find_user_error,
+    join_problems,
+    section_model,
+)
+
+# Kedro's ParameterValidationError carries Pydantic's report as text only:
+# "- Parameter 'training': Failed to instantiate TrainingParams ...: 1 validation error for
+# TrainingParams\nepochs\n  Input should be ... [type=..., input_value=0, input_type=int]"
+_SECTION = re.compile(r"^- Parameter '(?P<section>[^']+)': (?P<body>.*?)(?=^- Parameter '|\Z)", re.M | re.S)
+_ITEM = re.compile(
+    r"^(?P<loc>\S[^\n]*)?\n?  (?P<msg>[^\n]+?) \[type=(?P<type>\w+), input_value=(?P<value>.*?), input_type=\w+\]",
+    re.M,
+)
+
+
+def describe_kedro_validation(error: ParameterValidationError) -> str:
+    """One line naming every key of Kedro's parameter validation error, its value and the rule."""
+    text, problems = str(error), []
+    for section in _SECTION.finditer(text):
+        name, body = section["section"], section["body"]
+        if "value is None but type is not Optional" in body:
+            problems.append(f"Parameter {name} is empty: it must be a mapping of keys to values")
+            continue
+        items = list(_ITEM.finditer(body.split(" validation error", 1)[-1]))
+        for item in items:
+            key = ".".join(part for part in (name, item["loc"]) if part)
+            problems.append(
+                describe_problem(key, item["type"], item["msg"], item["value"], section_model(name))
+            )
+        if not items:
+            problems.append(f"Parameter {name} is invalid: {body.strip().splitlines()[0]}")
+    return join_problems(problems) if problems else text.strip().splitlines()[-1]
+
+
+def user_error(error: BaseException) -> CvaeMnistError | None:
+    """The user's mistake behind ``error``, Kedro's parameter validation included, or None."""
+    cause: BaseException | None = error
+    seen = set()
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ParameterValidationError):
+            return ParameterError(describe_kedro_validation(cause))
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return find_user_error(error)
 
 
 def _report_user_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
@@ -21,10 +70,10 @@ def _report_user_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return callback(*args, **kwargs)
         except Exception as error:
-            user_error = find_user_error(error)
-            if user_error is None:
+            mistake = user_error(error)
+            if mistake is None:
                 raise
-            raise click.ClickException(str(user_error)) from None
+            raise click.ClickException(str(mistake)) from None
 
     return wrapper
 

@@ -4,6 +4,15 @@ The project's ``kedro run`` prints these as one clear message instead of a
 traceback (see ``cvae_mnist.cli``); anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from cvae_mnist import params
+
 
 class CvaeMnistError(Exception):
     """Base class for errors a user can fix by changing their input or config."""
@@ -26,7 +35,7 @@ class TrainingDivergedError(CvaeMnistError, RuntimeError):
 
 
 def find_user_error(error: BaseException | None) -> CvaeMnistError | None:
-    """Return the first :class:`CvaeMnistError` in an exception's chain of causes."""
+    """The first user error in an exception's chain of causes, if any."""
     seen = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, CvaeMnistError):
@@ -34,3 +43,30 @@ def find_user_error(error: BaseException | None) -> CvaeMnistError | None:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+def describe_problem(key: str, kind: str, message: str, value: str, model: type[BaseModel] | None) -> str:
+    if kind == "extra_forbidden":
+        known = ", ".join(model.model_fields) if model else ""
+        return f"Unknown parameter {key}" + (f" (allowed there: {known})" if known else "")
+    return f"Parameter {key} = {value} is invalid: {message[0].lower()}{message[1:]}"
+
+
+def describe_validation_error(error: ValidationError, section: str = "") -> str:
+    """One line naming every key that failed Pydantic's validation, its value and the rule."""
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in (section, *item["loc"]) if part != "")
+        owner = section_model(key.split(".")[0]) if "." in key else params.ProjectParameters
+        problems.append(describe_problem(key, item["type"], item["msg"], repr(item["input"]), owner))
+    return join_problems(problems)
+
+
+def section_model(section: str) -> type[BaseModel] | None:
+    field = params.ProjectParameters.model_fields.get(section)
+    annotation: Any = field.annotation if field else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def join_problems(problems: Iterable[str]) -> str:
+    return "; ".join(problems) + "."

@@ -1,48 +1,117 @@
-"""Faster ways to compute four of the CVAE's layers, each the same function as the plain layer.
+"""Faster forms of the CVAE's layers on the CPU, each computing the same function as the plain layer.
 
-Training uses them when the matching speed levers are on (``training.label_lookup``,
-``training.channels_last``, ``training.subpixel_output``, ``training.gemm_weight_grads``); tests/test_fastpath.py checks
-each one, values and gradients, against the plain layer. No Kedro here.
+:func:`accelerated` swaps them into a model for the duration of a block (training, with
+``training.fast_path: auto``) and only on the CPU, where they were measured
+(docs/performance.md); on CUDA and MPS the model keeps its plain layers. The forms keep the
+layers' parameters, so weights and checkpoints are the same. tests/test_fastpath.py checks
+each form, values and gradients, against the plain layer. No Kedro here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvae_mnist.model import ConditionedConv2d
 
-def label_conv(
-    conv: nn.Conv2d, x: torch.Tensor, label_maps: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
-    """``conv(cat([x, label channels]))``, with the label channels' response computed once per class.
 
-    A convolution is linear in its input channels, and the label channels take only
-    ``num_classes`` values: convolve the image channel alone, then add each image's row
-    of a per-class table of the label channels' response.
+class LabelLookupConv2d(ConditionedConv2d):
+    """The conditioned convolution, its label channels' share computed once per batch.
 
-    Args:
-        conv: The first convolution; its input channels are ``[image, label...]``.
-        x: Images, ``[N, 1, H, W]``.
-        label_maps: Each class's label vector, ``[num_classes, e]``.
-        labels: Class of each image, ``[N]``.
+    A convolution is linear in its input channels, and each label channel is a constant
+    map: convolve the image channel alone, then add ``label @ table``, where the table
+    holds each label channel's response to a map of ones (one GEMM, whose backward is a
+    GEMM too, instead of a convolution over ``e`` more input channels).
     """
-    k = len(label_maps)
-    per_class = F.conv2d(
-        label_maps[:, :, None, None].expand(-1, -1, *x.shape[-2:]),
-        conv.weight[:, 1:],
-        None,
-        conv.stride,
-        conv.padding,
-    )
-    h = F.conv2d(x, conv.weight[:, :1], conv.bias, conv.stride, conv.padding)
-    n, c, height, width = h.shape
-    # rows laid out channels-last (H, W, C); one-hot @ table picks each image's row and
-    # addmm adds it in the same GEMM (its backward is a GEMM too, not a scatter)
-    table = per_class.permute(0, 2, 3, 1).flatten(1).to(h.dtype)
-    hwc = h.permute(0, 2, 3, 1).reshape(n, -1)
-    out = torch.addmm(hwc, F.one_hot(labels, k).to(h.dtype), table)
-    return out.view(n, height, width, c).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        e = label.shape[1]
+        ones = torch.eye(e, device=x.device)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+        per_channel = F.conv2d(ones, self.weight[:, 1:], None, self.stride, self.padding)
+        h = F.conv2d(x, self.weight[:, :1], self.bias, self.stride, self.padding)
+        n, c, height, width = h.shape
+        # rows laid out channels-last (H, W, C), so that h's rows are a view, not a copy
+        table = per_channel.permute(0, 2, 3, 1).flatten(1).to(h.dtype)
+        out = torch.addmm(h.permute(0, 2, 3, 1).reshape(n, -1), label.to(h.dtype), table)
+        return out.view(n, height, width, c).permute(0, 3, 1, 2)
+
+
+class GemmConv4x4(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return strided_conv4x4(x, self)
+
+
+class GemmConvTranspose4x4(nn.ConvTranspose2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return strided_conv4x4(x, self)
+
+
+class SubpixelConvTranspose2d(nn.ConvTranspose2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return subpixel_conv_transpose2d(x, self.weight, self.bias)
+
+
+class FlattenKeepLayout(nn.Flatten):
+    """``nn.Flatten()`` whose gradient returns in the input's memory layout.
+
+    A plain flatten of a channels-last tensor sends its gradient back channel-major, and
+    the ReLU before it then mixes two layouts, which takes torch's slow strided path
+    (about 20x slower than matching layouts, measured on [128, 32, 14, 14]).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _FlattenKeepLayout.apply(x)
+
+
+class UnflattenChannelsLast(nn.Unflatten):
+    """``nn.Unflatten`` whose feature maps are channels-last, the layout of every layer after it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).contiguous(memory_format=torch.channels_last)
+
+
+def _strided_4x4(layer: nn.Conv2d | nn.ConvTranspose2d) -> bool:
+    return (
+        layer.kernel_size == (4, 4) and layer.stride == (2, 2) and layer.padding == (1, 1)
+        and layer.dilation == (1, 1) and layer.groups == 1 and layer.output_padding == (0, 0)
+    )  # fmt: skip
+
+
+def fast_form(layer: nn.Module) -> type[nn.Module] | None:
+    """The faster class of ``layer``, or None where it has none."""
+    kind = type(layer)
+    if kind is ConditionedConv2d:
+        return LabelLookupConv2d
+    if kind is nn.Conv2d and _strided_4x4(layer):
+        return GemmConv4x4
+    if kind is nn.ConvTranspose2d and _strided_4x4(layer):
+        # oneDNN's transposed convolution is slow with one output channel
+        return SubpixelConvTranspose2d if layer.out_channels == 1 else GemmConvTranspose4x4
+    return {nn.Flatten: FlattenKeepLayout, nn.Unflatten: UnflattenChannelsLast}.get(kind)
+
+
+@contextmanager
+def accelerated(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """Within the block, ``model`` computes with the fast forms, in the channels-last layout,
+    when ``device`` is the CPU; elsewhere it is left as it is."""
+    if device.type != "cpu":
+        yield model
+        return
+    swapped = [(layer, type(layer)) for layer in model.modules() if fast_form(layer) is not None]
+    for layer, _ in swapped:
+        layer.__class__ = fast_form(layer)  # the same parameters and state, another forward
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        for layer, plain in swapped:
+            layer.__class__ = plain
+        model.to(memory_format=torch.contiguous_format)
 
 
 class _FlattenKeepLayout(torch.autograd.Function):
@@ -56,18 +125,6 @@ class _FlattenKeepLayout(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.reshape(ctx.shape)
         return grad.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad
-
-
-class FlattenKeepLayout(nn.Module):
-    """``nn.Flatten()`` of ``[N, C, H, W]`` (channel-major order) whose gradient returns in the input's memory layout.
-
-    A plain flatten of a channels-last tensor sends its gradient back channel-major, and
-    the ReLU before it then mixes two layouts, which takes torch's slow strided path
-    (about 20x slower than matching layouts, measured on [128, 32, 14, 14]).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _FlattenKeepLayout.apply(x)
 
 
 # For output parity p (even/odd row), a stride-2, padding-1, 4x4 transposed convolution
@@ -182,8 +239,7 @@ class _StridedConv4x4(torch.autograd.Function):
 
 def strided_conv4x4(x: torch.Tensor, layer: nn.Conv2d | nn.ConvTranspose2d) -> torch.Tensor:
     """``layer(x)`` for a 4x4, stride-2, padding-1 (transposed) convolution, its weight gradient
-    computed as one matrix product over the larger map's 4x4 windows. oneDNN's bf16
-    weight-gradient kernels for these layers ran about half as fast as the forward kernels
-    here, and twice as slow again when the host placed our two CPUs apart (see the README's
-    Performance section); the matrix product held up much better."""
+    computed as one matrix product over the larger map's 4x4 windows: oneDNN's bf16
+    weight-gradient kernels for these layers run at about half the rate of its forward
+    kernels on the CPUs measured (docs/performance.md), the matrix product near full rate."""
     return _StridedConv4x4.apply(x, layer.weight, layer.bias, isinstance(layer, nn.ConvTranspose2d))

@@ -1,4 +1,5 @@
-"""Project hooks: parameter validation before a run, and the wall time of each node."""
+"""Project hooks: the top level of the parameters checked before a run, MLflow tracking of
+typed parameters and failures, and the wall time of each node."""
 
 from __future__ import annotations
 
@@ -9,40 +10,49 @@ from typing import Any
 import mlflow
 from kedro.framework.hooks import hook_impl
 from kedro.pipeline.node import Node
+from kedro_mlflow.framework.hooks import MlflowHook
+from pydantic import BaseModel, ValidationError
 
-from cvae_mnist.config import validate_parameters
-from cvae_mnist.errors import find_user_error
+from cvae_mnist.errors import ParameterError, describe_validation_error, find_user_error
+from cvae_mnist.params import ProjectParameters
 
 logger = logging.getLogger(__name__)
 
 
-class ValidateParametersHook:
-    """Reject bad parameters once, before any dataset is loaded or run is tracked."""
+class ParametersHook:
+    """Refuse unknown top-level keys and a bad seed before anything else runs.
 
-    @hook_impl
+    Reading ``context.params`` makes Kedro validate every section against the type hints
+    of the nodes that read it; what is left to check is what no node's hint covers.
+    """
+
+    @hook_impl(tryfirst=True)
     def after_context_created(self, context: Any) -> None:
-        validate_parameters(context.params)
+        try:
+            ProjectParameters.model_validate(context.params)
+        except ValidationError as error:
+            raise ParameterError(describe_validation_error(error)) from None
 
 
-class MlflowErrorTagHook:
-    """Record why a run failed: kedro-mlflow marks the MLflow run FAILED, this adds the
-    error message as the run's ``error`` tag."""
-
-    def __init__(self) -> None:
-        self._run_id: str | None = None
-
-    @hook_impl
-    def before_pipeline_run(self) -> None:
-        # Plugins' hooks run before the project's: kedro-mlflow has started the run here.
-        run = mlflow.active_run()
-        self._run_id = run.info.run_id if run is not None else None
+class MlflowTrackingHook(MlflowHook):
+    """kedro-mlflow's hook (its plugin registration is disabled in ``settings.py``), which
+    logs typed parameter sections field by field, flattened as ``training.lr``, and tags a
+    failed run with its error."""
 
     @hook_impl
-    def on_pipeline_error(self, error: Exception) -> None:
-        if self._run_id is not None:  # kedro-mlflow has ended the run as FAILED by now
-            user_error = find_user_error(error)
-            message = f"{type(user_error or error).__name__}: {user_error or error}"
-            mlflow.MlflowClient().set_tag(self._run_id, "error", message[:5000])
+    def before_node_run(self, node: Node, catalog: Any, inputs: dict[str, Any], is_async: bool) -> None:
+        plain = {key: v.model_dump() if isinstance(v, BaseModel) else v for key, v in inputs.items()}
+        super().before_node_run(node=node, catalog=catalog, inputs=plain, is_async=is_async)
+
+    @hook_impl
+    def on_pipeline_error(
+        self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any
+    ) -> None:
+        run_id = self.run_id if self._is_mlflow_enabled else None
+        super().on_pipeline_error(error=error, run_params=run_params, pipeline=pipeline, catalog=catalog)
+        if run_id is not None:  # ended as FAILED by now
+            reason = find_user_error(error) or error
+            mlflow.MlflowClient().set_tag(run_id, "error", f"{type(reason).__name__}: {reason}"[:5000])
 
 
 class NodeTimingHook:

@@ -8,9 +8,8 @@ import math
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from cvae_mnist.errors import ModelFileError
 from cvae_mnist.losses import reconstruction_loss
-from cvae_mnist.model import CVAE, from_checkpoint
+from cvae_mnist.model import CVAE
 
 
 @torch.inference_mode()
@@ -76,21 +75,6 @@ def generate(
     uniform = torch.rand(len(labels), generator=generator)  # picks mixture components
     z = model.prior_sample(labels.to(device), noise.to(device), uniform.to(device))
     return torch.sigmoid(decode(model, z, labels, batch_size, device))
-
-
-def load_model(checkpoint: dict, name: str = "cvae_model") -> CVAE:
-    """Rebuild a model from a checkpoint, with a clear message if it does not fit.
-
-    Args:
-        checkpoint: ``{"config", "state_dict"}`` as saved by the training pipeline.
-        name: What to call the checkpoint in error messages (its catalog name).
-    """
-    if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
-        raise ModelFileError(f"{name} is not a CVAE checkpoint (expected keys 'config' and 'state_dict').")
-    try:
-        return from_checkpoint(checkpoint)
-    except (TypeError, RuntimeError) as exc:
-        raise ModelFileError(f"{name} does not match its saved config {checkpoint['config']}: {exc}") from exc
 
 
 @torch.inference_mode()

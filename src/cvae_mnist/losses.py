@@ -6,33 +6,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-RECONSTRUCTION_LOSSES = ("bce", "mse")
 
-
-def reconstruction_loss(
-    logits: torch.Tensor, target: torch.Tensor, kind: str = "bce", fused: bool = True
-) -> torch.Tensor:
+def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "bce") -> torch.Tensor:
     """Per-image reconstruction loss, summed over pixels, as a tensor of shape ``[N]``.
 
     Args:
         logits: Decoder output (pre-sigmoid), ``[N, 1, H, W]``.
         target: Images in [0, 1], same shape.
-        kind: ``"bce"`` (Bernoulli negative log-likelihood) or ``"mse"`` (squared error).
-        fused: For BCE, compute it from the logits in one stable kernel; ``False``
-            takes the report's path, ``sigmoid`` then ``binary_cross_entropy``.
+        kind: ``"bce"`` (Bernoulli negative log-likelihood, computed from the logits in
+            one numerically stable kernel) or ``"mse"`` (squared error of the sigmoid).
 
     Returns:
         The loss of each image.
     """
     if kind == "bce":
-        if fused:
-            per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        else:
-            per_pixel = F.binary_cross_entropy(torch.sigmoid(logits), target, reduction="none")
+        per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     elif kind == "mse":
         per_pixel = (torch.sigmoid(logits) - target) ** 2
     else:
-        raise ValueError(f"unknown reconstruction loss {kind!r}; use one of {RECONSTRUCTION_LOSSES}")
+        raise ValueError(f"unknown reconstruction loss {kind!r}; use 'bce' or 'mse'")
     return per_pixel.flatten(1).sum(dim=1)
 
 
@@ -48,12 +40,13 @@ def cvae_loss(
     logvar: torch.Tensor,
     kind: str = "bce",
     beta: float = 1.0,
-    fused: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return ``(loss, reconstruction, kl)``, each averaged over the batch.
+) -> dict[str, torch.Tensor]:
+    """``loss = reconstruction + beta * kl``, each averaged over the batch; with ``beta = 1``
+    the loss is the negative ELBO.
 
-    ``loss = reconstruction + beta * kl``; with ``beta = 1`` it is the negative ELBO.
+    Returns:
+        ``{"loss", "reconstruction", "kl"}``, scalars.
     """
-    recon = reconstruction_loss(logits.float(), target.float(), kind, fused).mean()
+    reconstruction = reconstruction_loss(logits.float(), target.float(), kind).mean()
     kl = kl_divergence(mu.float(), logvar.float()).mean()
-    return recon + beta * kl, recon, kl
+    return {"loss": reconstruction + beta * kl, "reconstruction": reconstruction, "kl": kl}

@@ -18,7 +18,9 @@ from mlflow import MlflowClient
 from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel, ConfigDict, Field
 
-from cvae_mnist.inference import generate, load_model
+from cvae_mnist.datasets.torch_dataset import model_from_checkpoint, model_to_checkpoint
+from cvae_mnist.inference import generate
+from cvae_mnist.model import CVAE
 from cvae_mnist.runtime import select_device
 
 MAX_SAMPLES_PER_REQUEST = 256  # one row's images; bounds a request's time and answer size
@@ -37,12 +39,12 @@ class GenerationRequest(BaseModel):
 class CVAEGenerator(PythonModel):
     """Decodes prior samples under the requested label, through ``inference.generate``."""
 
-    def __init__(self, checkpoint: dict[str, Any]) -> None:
-        self.checkpoint = checkpoint  # {"config", "state_dict"}: pickled into the MLflow model
+    def __init__(self, model: CVAE) -> None:
+        self.checkpoint = model_to_checkpoint(model)  # plain data, pickled into the MLflow model
         self._model = None
 
     def load_context(self, context: Any) -> None:
-        self._model = load_model(self.checkpoint)
+        self._model = model_from_checkpoint(self.checkpoint, "the served model")
 
     def predict(
         self, model_input: list[GenerationRequest], params: dict[str, Any] | None = None

@@ -3,10 +3,12 @@
 See https://docs.kedro.org/en/stable/configure/configuration_basics/ for the defaults.
 """
 
-from cvae_mnist.hooks import MlflowErrorTagHook, NodeTimingHook, ValidateParametersHook
+from cvae_mnist.hooks import MlflowTrackingHook, NodeTimingHook, ParametersHook
 
-# Hooks run in last-in-first-out order; kedro-mlflow registers its own hooks.
-HOOKS = (ValidateParametersHook(), NodeTimingHook(), MlflowErrorTagHook())
+# kedro-mlflow's hook is registered here, as MlflowTrackingHook, instead of by the plugin.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)
+# Hooks run in last-in-first-out order: node timings reach the MLflow run before it ends.
+HOOKS = (MlflowTrackingHook(), NodeTimingHook(), ParametersHook())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

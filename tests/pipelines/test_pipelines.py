@@ -9,6 +9,7 @@ from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
 
 from cvae_mnist.datasets import CheckpointDataset
+from cvae_mnist.params import ClassifierParams, EvaluationParams, IngestionParams, ModelParams, TrainingParams
 from cvae_mnist.pipelines import data_ingestion, evaluation, training
 from mnist_fixtures import TINY_MODEL, TINY_TRAINING, make_test_project, run_session
 
@@ -39,11 +40,11 @@ def test_pipelines_run_on_an_in_memory_catalog(tiny_raw, tmp_path):
     catalog["mnist_raw"] = tiny_raw
     catalog["training_checkpoint"] = CheckpointDataset(filepath=str(tmp_path / "checkpoint.pt")).load()
     catalog["digit_classifier"] = CheckpointDataset(filepath=str(tmp_path / "classifier.pt")).load()
-    catalog["params:classifier"] = {"epochs": 1}
-    catalog["params:data_ingestion"] = {"n_train": 100}
-    catalog["params:model"] = TINY_MODEL
-    catalog["params:training"] = TINY_TRAINING
-    catalog["params:evaluation"] = {"batch_size": 16, "device": "cpu", "samples_per_class": 20}
+    catalog["params:classifier"] = ClassifierParams(epochs=1)
+    catalog["params:data_ingestion"] = IngestionParams(n_train=100)
+    catalog["params:model"] = ModelParams(**TINY_MODEL)
+    catalog["params:training"] = TrainingParams(**TINY_TRAINING)
+    catalog["params:evaluation"] = EvaluationParams(batch_size=16, device="cpu", samples_per_class=20)
     catalog["params:seed"] = 3
     pipeline = data_ingestion.create_pipeline() + training.create_pipeline() + evaluation.create_pipeline()
     outputs = SequentialRunner().run(pipeline, catalog)

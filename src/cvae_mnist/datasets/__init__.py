@@ -2,6 +2,13 @@
 
 from cvae_mnist.datasets.atomic_dataset import AtomicDataset
 from cvae_mnist.datasets.mnist_raw_dataset import MNISTRawDataset
-from cvae_mnist.datasets.torch_dataset import CheckpointDataset, CheckpointStore, TorchDataset
+from cvae_mnist.datasets.torch_dataset import CheckpointDataset, CheckpointStore, CVAEDataset, TorchDataset
 
-__all__ = ["AtomicDataset", "CheckpointDataset", "CheckpointStore", "MNISTRawDataset", "TorchDataset"]
+__all__ = [
+    "AtomicDataset",
+    "CVAEDataset",
+    "CheckpointDataset",
+    "CheckpointStore",
+    "MNISTRawDataset",
+    "TorchDataset",
+]

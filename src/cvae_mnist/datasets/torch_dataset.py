@@ -1,4 +1,4 @@
-"""``TorchDataset`` saves and loads plain data holding tensors with ``torch.save``."""
+"""Datasets of tensors and models in ``torch.save`` files: plain data, CVAEs, checkpoints."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from typing import Any
 
 import torch
 from kedro.io import AbstractDataset, DatasetError
+from pydantic import ValidationError
 
 from cvae_mnist.datasets._atomic import atomic_path
 from cvae_mnist.errors import ModelFileError
+from cvae_mnist.model import CVAE
+from cvae_mnist.params import ModelParams
 
 
 class TorchDataset(AbstractDataset[Any, Any]):
@@ -64,7 +67,7 @@ class TorchDataset(AbstractDataset[Any, Any]):
             zipfile.BadZipFile,
         ) as exc:
             raise ModelFileError(
-                f"{path} is truncated or corrupted and cannot be read ({exc}). "
+                f"{path} is truncated or corrupted and cannot be read ({type(exc).__name__}). "
                 f"Delete it and produce it again. {self._missing_hint}".strip()
             ) from exc
 
@@ -77,6 +80,45 @@ class TorchDataset(AbstractDataset[Any, Any]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
+
+
+class CVAEDataset(TorchDataset):
+    """A trained :class:`~cvae_mnist.model.CVAE`: ``save`` takes the model, ``load`` returns it
+    ready to use, rebuilt from its saved parameters and weights (read with
+    ``weights_only=True``, so the file cannot run code).
+
+    .. code-block:: yaml
+
+        cvae_model:
+          type: cvae_mnist.datasets.CVAEDataset
+          filepath: data/06_models/cvae.pt
+    """
+
+    def load(self) -> CVAE:  # type: ignore[override]
+        return model_from_checkpoint(super().load(), str(self._filepath))
+
+    def save(self, data: CVAE) -> None:
+        super().save(model_to_checkpoint(data))
+
+
+def model_to_checkpoint(model: CVAE) -> dict[str, Any]:
+    """The model as plain data for ``torch.save``: its parameters and its weights (and prior)."""
+    return {"config": model.config.model_dump(), "state_dict": model.state_dict()}
+
+
+def model_from_checkpoint(checkpoint: Any, source: str) -> CVAE:
+    """Rebuild a model saved by :func:`model_to_checkpoint`; ``source`` names it in messages."""
+    if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
+        raise ModelFileError(f"{source} is not a CVAE saved by this project. Train it again.")
+    try:
+        model = CVAE(ModelParams(**checkpoint["config"]))
+        model.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, ValidationError, RuntimeError) as exc:
+        raise ModelFileError(
+            f"{source} does not match the model parameters saved in it: it was written by another "
+            f"version of cvae-mnist, or damaged. Train it again. ({str(exc).splitlines()[0]})"
+        ) from None
+    return model.eval()
 
 
 class CheckpointStore:

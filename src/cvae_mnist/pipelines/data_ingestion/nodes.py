@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
-from cvae_mnist.config import IngestionConfig, parse_section
 from cvae_mnist.errors import DataError
 from cvae_mnist.idx import parse_idx
+from cvae_mnist.params import DIGITS, IngestionParams
+from cvae_mnist.training import Split
 
-NUM_CLASSES = 10
 
-
-def _decode_split(raw: dict[str, bytes], prefix: str, limit: int | None) -> dict[str, torch.Tensor]:
+def _decode_split(raw: dict[str, bytes], prefix: str, limit: int | None) -> Split:
     images_name, labels_name = f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
     images = parse_idx(raw[images_name], images_name, ndim=3)
     labels = parse_idx(raw[labels_name], labels_name, ndim=1)
@@ -23,7 +20,7 @@ def _decode_split(raw: dict[str, bytes], prefix: str, limit: int | None) -> dict
             f"{images_name} holds {len(images)} images but {labels_name} holds "
             f"{len(labels)} labels; the two files do not belong together."
         )
-    if labels.size and labels.max() >= NUM_CLASSES:
+    if labels.size and labels.max() >= DIGITS:
         raise DataError(f"{labels_name} holds label {labels.max()}; MNIST labels are 0-9.")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
@@ -33,22 +30,19 @@ def _decode_split(raw: dict[str, bytes], prefix: str, limit: int | None) -> dict
     }
 
 
-def decode_mnist(
-    mnist_raw: dict[str, bytes], parameters: dict[str, Any]
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def decode_mnist(mnist_raw: dict[str, bytes], data_ingestion: IngestionParams) -> tuple[Split, Split]:
     """Decode the raw IDX files into the train and test sets.
 
     Args:
         mnist_raw: The four raw IDX files' bytes, by file name.
-        parameters: The ``data_ingestion`` parameters (optional ``n_train``/``n_test``
+        data_ingestion: The ``data_ingestion`` parameters (optional ``n_train``/``n_test``
             limits that keep the first images of a split).
 
     Returns:
         The train and test sets, each ``{"images": float32 [N, 1, 28, 28] in [0, 1],
         "labels": int64 [N]}``.
     """
-    config = parse_section(IngestionConfig, "data_ingestion", parameters)
     return (
-        _decode_split(mnist_raw, "train", config.n_train),
-        _decode_split(mnist_raw, "t10k", config.n_test),
+        _decode_split(mnist_raw, "train", data_ingestion.n_train),
+        _decode_split(mnist_raw, "t10k", data_ingestion.n_test),
     )

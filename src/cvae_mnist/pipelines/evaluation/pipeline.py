@@ -15,6 +15,7 @@ from cvae_mnist.pipelines.evaluation.nodes import (
     plot_reconstructions,
     plot_training_curves,
     plot_worst_reconstructions,
+    reconstruct_test_set,
 )
 
 
@@ -22,8 +23,14 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             node(
-                func=evaluate_reconstructions,
+                func=reconstruct_test_set,
                 inputs=["cvae_model", "mnist_test", "params:evaluation"],
+                outputs="test_reconstructions",
+                name="reconstruct_test_set_node",
+            ),
+            node(
+                func=evaluate_reconstructions,
+                inputs=["test_reconstructions", "mnist_test"],
                 outputs="reconstruction_metrics",
                 name="evaluate_reconstructions_node",
             ),
@@ -64,12 +71,18 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="test_metrics",
                 name="log_metrics_node",
             ),
-            node(
-                func=plot_reconstructions,
-                inputs=["cvae_model", "mnist_test", "params:evaluation"],
-                outputs="reconstructions_figure",
-                name="plot_reconstructions_node",
-            ),
+            *[
+                node(
+                    func=plot,
+                    inputs=["test_reconstructions", "mnist_test", "params:evaluation"],
+                    outputs=f"{name}_figure",
+                    name=f"plot_{name}_node",
+                )
+                for name, plot in (
+                    ("reconstructions", plot_reconstructions),
+                    ("worst_reconstructions", plot_worst_reconstructions),
+                )
+            ],
             node(
                 func=plot_generated_digits,
                 inputs=["cvae_model", "params:evaluation", "params:seed"],
@@ -86,7 +99,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                 for name, plot in (
                     ("latent_interpolation", plot_latent_interpolation),
                     ("label_swap", plot_label_swap),
-                    ("worst_reconstructions", plot_worst_reconstructions),
                 )
             ],
             node(

@@ -7,28 +7,29 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from cvae_mnist.config import GenerationConfig, parse_section
-from cvae_mnist.inference import generate, load_model
+from cvae_mnist.inference import generate
+from cvae_mnist.model import CVAE
+from cvae_mnist.params import GenerationParams
 from cvae_mnist.plotting import digit_grid_figure
 from cvae_mnist.runtime import select_device
 
 
-def generate_digits(cvae_model: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
+def generate_digits(cvae_model: CVAE, generation: GenerationParams) -> dict[str, Any]:
     """Decode ``n_samples`` prior samples for the requested digit, or for every digit.
 
     Args:
-        cvae_model: The trained model checkpoint.
-        parameters: The ``generation`` parameters: ``digit`` (null = 0-9), ``n_samples``, ``seed``.
+        cvae_model: The trained model.
+        generation: The ``generation`` parameters: ``digit`` (null = 0-9), ``n_samples``, ``seed``.
 
     Returns:
         ``{"images": float32 [N, 28, 28] in [0, 1], "labels": int64 [N], "seed": int}``.
     """
-    config = parse_section(GenerationConfig, "generation", parameters)
-    model = load_model(cvae_model)
-    digits = [config.digit] if config.digit is not None else list(range(model.config.num_classes))
-    labels = torch.tensor(digits).repeat_interleave(config.n_samples)
-    images = generate(model, labels, config.seed, select_device(config.device))
-    return {"images": images[:, 0], "labels": labels, "seed": config.seed}
+    digits = (
+        [generation.digit] if generation.digit is not None else list(range(cvae_model.config.num_classes))
+    )
+    labels = torch.tensor(digits).repeat_interleave(generation.n_samples)
+    images = generate(cvae_model, labels, generation.seed, select_device(generation.device))
+    return {"images": images[:, 0], "labels": labels, "seed": generation.seed}
 
 
 def plot_generated(generated_digits: dict[str, Any]) -> Figure:

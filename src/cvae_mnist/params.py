@@ -1,0 +1,105 @@
+"""The parameters of ``conf/*/parameters.yml``, one Pydantic model per section.
+
+Kedro validates a section against the model type-hinted on a node's ``params:<section>``
+input before any node runs, and hands the node the typed object. Every model forbids
+unknown keys and takes values of the exact YAML type (``strict``: ``2.0`` is not an
+integer, ``1`` is not a boolean). The defaults equal ``conf/base/parameters.yml``
+(``tests/test_params.py`` holds them together). The upper bounds keep a run inside what
+a workstation can hold; raise them here if yours holds more. No Kedro here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+DIGITS = 10  # MNIST's classes
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class IngestionParams(Section):
+    n_train: int | None = Field(None, ge=1, description="keep the first n training images; null = all")
+    n_test: int | None = Field(None, ge=1, description="keep the first n test images; null = all")
+
+
+class ModelParams(Section):
+    architecture: Literal["two_stage", "report"] = Field(
+        "two_stage",
+        description="two_stage: two stride-2 convolutions down to 7x7; "
+        "report: the report's three, down to 3x3",
+    )
+    image_size: Literal[28] = Field(28, description="MNIST's images are 28x28")
+    num_classes: Literal[10] = Field(10, description="MNIST's ten digits")
+    latent_dim: int = Field(100, ge=1, le=1024, description="size of z")
+    base_channels: int = Field(32, ge=1, le=256, description="channels of the first convolution")
+    conditioning: Literal["one_hot", "embedding"] = Field("embedding", description="how the label is fed")
+    embedding_dim: int = Field(16, ge=1, le=256, description="size of the learned label embedding")
+    normalization: Literal["none", "batch"] = Field("batch", description="after the inner convolutions")
+    residual_blocks: int = Field(1, ge=0, le=8, description="3x3 residual blocks at the deepest resolution")
+    prior: Literal["standard_normal", "fitted"] = Field("fitted", description="p(z | y)")
+    prior_components: int = Field(5, ge=1, le=32, description="Gaussians per class of the fitted prior")
+
+
+class TrainingParams(Section):
+    batch_size: int = Field(128, ge=1, le=60_000)
+    test_batch_size: int = Field(128, ge=1, le=60_000)
+    epochs: int = Field(10, ge=1, le=1000)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False, description="Adam's learning rate")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="Adam's beta1: the report's momentum 0.9")
+    loss: Literal["bce", "mse"] = Field("bce", description="reconstruction term")
+    beta: float = Field(0.2, ge=0, allow_inf_nan=False, description="weight of the KL term")
+    kl_warmup_epochs: float = Field(0.0, ge=0, allow_inf_nan=False)
+    lr_schedule: Literal["constant", "onecycle", "cosine"] = "constant"
+    augment_rotation: float = Field(0.0, ge=0, le=180, description="random rotation, up to +- degrees")
+    augment_shift: float = Field(0.0, ge=0, le=14, description="random shift, up to +- pixels")
+    device: Device = "auto"
+    resume: bool = Field(False, description="continue from the last complete epoch's checkpoint")
+    fast_path: Literal["auto", "off"] = Field(
+        "auto", description="auto: the faster layer forms measured on this device (CPU); off: plain layers"
+    )
+    mixed_precision: bool = Field(True, description="bf16 autocast where the hardware computes bf16")
+    compile: bool = Field(False, description="torch.compile the training step")
+    num_threads: int = Field(0, ge=0, le=1024, description="torch CPU threads; 0 = one per core")
+
+
+class EvaluationParams(Section):
+    batch_size: int = Field(1000, ge=1, le=60_000)
+    device: Device = "auto"
+    iw_samples: int = Field(50, ge=1, le=5000, description="importance samples per test image")
+    samples_per_class: int = Field(1000, ge=2, le=100_000, description="generated digits per class")
+    images_per_class: int = Field(3, ge=1, le=100, description="real/reconstructed pairs per class")
+    generated_per_class: int = Field(10, ge=1, le=100, description="digits per row of the generated grid")
+    interpolation_steps: int = Field(10, ge=2, le=100, description="points on each interpolation path")
+    worst_examples: int = Field(12, ge=1, le=100, description="digits in the worst-reconstructions figure")
+
+
+class GenerationParams(Section):
+    digit: int | None = Field(None, ge=0, le=9, description="0-9, or null for all ten digits")
+    n_samples: int = Field(16, ge=1, le=10_000, description="images per digit")
+    seed: int = Field(0, ge=0, lt=2**63, description="same seed, same images")
+    device: Device = "auto"
+
+
+class ClassifierParams(Section):
+    epochs: int = Field(5, ge=1, le=100)
+    batch_size: int = Field(128, ge=1, le=60_000)
+    lr: float = Field(3e-3, gt=0, allow_inf_nan=False, description="peak of the one-cycle schedule")
+    seed: int = Field(1, ge=0, lt=2**63, description="its own seed: the top-level seed keeps the same judge")
+
+
+class ProjectParameters(Section):
+    """The whole of ``parameters.yml``: Kedro validates each section where a node reads it;
+    this model checks what no node's type hint covers, the top-level keys and the seed."""
+
+    seed: int = Field(1, ge=0, lt=2**63, description="seeds weights, shuffling and latent samples")
+    data_ingestion: IngestionParams = IngestionParams()
+    model: ModelParams = ModelParams()
+    training: TrainingParams = TrainingParams()
+    evaluation: EvaluationParams = EvaluationParams()
+    generation: GenerationParams = GenerationParams()
+    classifier: ClassifierParams = ClassifierParams()

@@ -1,0 +1,384 @@
+"""The training engine: batches, the optimisation loop, checkpoints and resume. No Kedro here.
+
+One engine trains both networks of the project. A :class:`Trainer` takes Adam steps on an
+objective ``(model, images, labels, step) -> {"loss": ..., other terms}``; :func:`fit`
+runs the epochs, scores the test set after each, and writes and resumes checkpoints.
+:func:`train_cvae` puts them together for the CVAE; ``cvae_mnist.classifier`` for the
+digit classifier.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cvae_mnist.augmentation import random_affine
+from cvae_mnist.errors import ModelFileError, TrainingDivergedError
+from cvae_mnist.fastpath import accelerated
+from cvae_mnist.losses import cvae_loss
+from cvae_mnist.model import CVAE
+from cvae_mnist.params import ModelParams, TrainingParams
+from cvae_mnist.runtime import mixed_precision_dtype, seed_everything, select_device
+
+logger = logging.getLogger(__name__)
+
+Split = dict[str, torch.Tensor]  # {"images": float32 [N, 1, 28, 28] in [0, 1], "labels": int64 [N]}
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, int | None], dict[str, torch.Tensor]]
+History = dict[str, list[float]]
+
+
+class CheckpointStore(Protocol):
+    """Where :func:`fit` reads and writes its checkpoint (``cvae_mnist.datasets.CheckpointDataset``)."""
+
+    filepath: str
+
+    def exists(self) -> bool: ...
+    def read(self) -> dict[str, Any]: ...
+    def write(self, state: dict[str, Any]) -> None: ...
+
+
+def batches(
+    data: Split, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images, labels)`` batches sliced from the tensors, shuffled when a generator is given."""
+    images, labels = data["images"], data["labels"]
+    n = len(labels)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for index in order.to(labels.device).split(batch_size):
+        yield images[index], labels[index]
+
+
+class Trainer:
+    """A model, its Adam optimiser and learning-rate schedule: one training step at a time.
+
+    Args:
+        model: The network, already on ``device``.
+        objective: Its loss terms on a batch; ``step`` is None when scoring held-out data.
+        lr: Adam's learning rate (the peak of a schedule).
+        total_steps: Optimiser steps planned, for a schedule.
+        device: Where the batches go.
+        name: The parameter section, for messages (``training`` names ``training.lr``).
+        schedule: ``constant``, ``onecycle`` or ``cosine``, stepped after every batch.
+        betas: Adam's betas.
+        mixed_precision: bf16 autocast where :func:`mixed_precision_dtype` says it pays.
+        compile: ``torch.compile`` the training step.
+        augment: Applied to each training batch with the shuffling generator.
+        untrained: Prefixes of state entries that training leaves alone: checkpoints
+            neither save nor restore them.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        *,
+        lr: float,
+        total_steps: int,
+        device: torch.device,
+        name: str,
+        schedule: str = "constant",
+        betas: tuple[float, float] = (0.9, 0.999),
+        mixed_precision: bool = True,
+        compile: bool = False,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        untrained: tuple[str, ...] = (),
+    ) -> None:
+        self.model, self.objective, self.device, self.name = model, objective, device, name
+        self.lr, self.augment, self.untrained = lr, augment, untrained
+        self.optimizer = torch.optim.Adam(
+            model.parameters(), lr=lr, betas=betas, fused=device.type in {"cpu", "cuda"}
+        )
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        if schedule == "onecycle":
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, lr, total_steps=total_steps)
+        elif schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
+        self.autocast_dtype = mixed_precision_dtype(device) if mixed_precision else None
+        self.step = 0  # optimiser steps taken so far
+        self._step = torch.compile(self._plain_step) if compile else self._plain_step
+
+    def _terms(self, x: torch.Tensor, y: torch.Tensor, step: int | None) -> dict[str, torch.Tensor]:
+        with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            return self.objective(self.model, x, y, step)
+
+    def _plain_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        terms = self._terms(x, y, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        self.optimizer.step()
+        return terms
+
+    def train_epoch(
+        self, data: Split, batch_size: int, generator: torch.Generator, description: str
+    ) -> dict[str, float]:
+        """One pass over ``data`` in shuffled batches; returns the mean terms per image."""
+        self.model.train()
+        sums: dict[str, float] = {}
+        progress = tqdm(
+            batches(data, batch_size, generator),
+            total=math.ceil(len(data["labels"]) / batch_size),
+            desc=description,
+            unit="batch",
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,  # short logs for non-interactive runs
+        )
+        for batch, (images, labels) in enumerate(progress, start=1):
+            x = self.augment(images, generator) if self.augment else images
+            terms = {key: value.item() for key, value in self._step(x, labels, self.step).items()}
+            self.step += 1
+            if self.scheduler is not None:
+                self.scheduler.step()
+            if not math.isfinite(terms["loss"]):
+                raise TrainingDivergedError(
+                    f"The {self.name} loss became {terms['loss']} at {description}, batch {batch}. "
+                    f"The learning rate ({self.name}.lr = {self.lr}) is the likely cause: lower it."
+                )
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value * len(labels)
+            if batch % 20 == 0:
+                progress.set_postfix(loss=f"{terms['loss']:.2f}", refresh=False)
+        return {key: total / len(data["labels"]) for key, total in sums.items()}
+
+    @torch.no_grad()
+    def evaluate(self, data: Split, batch_size: int) -> dict[str, float]:
+        """The objective's mean terms per image on held-out data."""
+        self.model.eval()
+        sums: dict[str, float] = {}
+        for x, y in batches(data, batch_size):
+            for key, value in self._terms(x, y, None).items():
+                sums[key] = sums.get(key, 0.0) + value.item() * len(y)
+        return {key: total / len(data["labels"]) for key, total in sums.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": {k: v for k, v in self.model.state_dict().items() if not k.startswith(self.untrained)},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        kept = {k: v for k, v in self.model.state_dict().items() if k.startswith(self.untrained)}
+        self.model.load_state_dict({**state["model"], **kept})
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "shuffle": generator.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["shuffle"])
+    random.setstate(state["python"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _resume(
+    checkpoint: CheckpointStore, trainer: Trainer, generator: torch.Generator, settings: dict
+) -> History:
+    """Restore the trainer and the random state from ``checkpoint``, if it was written with ``settings``."""
+    state = checkpoint.read()
+    if not {"settings", "trainer", "rng", "history"} <= set(state):
+        raise ModelFileError(
+            f"Cannot resume from {checkpoint.filepath}: it is not a checkpoint of this version of "
+            "cvae-mnist. Set training.resume=false to start over."
+        )
+    differences = [
+        f"{key}: checkpoint {state['settings'].get(key)!r}, parameters {value!r}"
+        for key, value in settings.items()
+        if state["settings"].get(key) != value
+    ]
+    if differences:
+        raise ModelFileError(
+            f"Cannot resume from {checkpoint.filepath}: it was written with other settings "
+            f"({'; '.join(differences)}). Resume with the settings it was written with, "
+            "or set training.resume=false to start over."
+        )
+    trainer.load_state_dict(state["trainer"])
+    _set_rng_state(state["rng"], generator)
+    logger.info("Resuming from %s after epoch %d", checkpoint.filepath, state["epoch"])
+    return state["history"]
+
+
+def fit(
+    trainer: Trainer,
+    train: Split,
+    test: Split | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    test_batch_size: int,
+    generator: torch.Generator,
+    checkpoint: CheckpointStore | None = None,
+    resume: bool = False,
+    settings: dict[str, Any] | None = None,
+) -> History:
+    """Train for ``epochs``, scoring ``test`` after each; write a checkpoint after each epoch.
+
+    With ``resume`` and an existing checkpoint, training continues after its last epoch and
+    ends bit for bit as an uninterrupted run would on the same device. ``settings`` are
+    saved in the checkpoint, and a checkpoint written with other settings is refused.
+
+    Returns:
+        Per epoch: ``epoch``, ``seconds`` and ``train_<term>`` / ``test_<term>`` of every
+        objective term.
+    """
+    settings = settings or {}
+    history: History = {"epoch": [], "seconds": []}
+    if resume and checkpoint is not None and checkpoint.exists():
+        history = _resume(checkpoint, trainer, generator, settings)
+    for epoch in range(len(history["epoch"]) + 1, epochs + 1):
+        started = time.perf_counter()
+        try:
+            train_terms = trainer.train_epoch(train, batch_size, generator, f"epoch {epoch}/{epochs}")
+        except TrainingDivergedError as error:
+            kept = (
+                f" The checkpoint of epoch {epoch - 1} is kept in {checkpoint.filepath}."
+                if checkpoint
+                else ""
+            )
+            raise TrainingDivergedError(f"{error}{kept if epoch > 1 else ''}") from None
+        test_terms = trainer.evaluate(test, test_batch_size) if test is not None else {}
+        history["epoch"].append(epoch)
+        history["seconds"].append(time.perf_counter() - started)
+        for split, terms in (("train", train_terms), ("test", test_terms)):
+            for key, value in terms.items():
+                history.setdefault(f"{split}_{key}", []).append(value)
+        logger.info(
+            "epoch %d/%d: train loss %.2f%s (%.1f s)",
+            epoch,
+            epochs,
+            train_terms["loss"],
+            f", test loss {test_terms['loss']:.2f}" if test_terms else "",
+            history["seconds"][-1],
+        )
+        if checkpoint is not None:
+            checkpoint.write(
+                {
+                    "epoch": epoch,
+                    "settings": settings,
+                    "trainer": trainer.state_dict(),
+                    "rng": _rng_state(generator),
+                    "history": history,
+                }
+            )
+    return history
+
+
+@dataclass(frozen=True)
+class CVAEObjective:
+    """Reconstruction + beta * KL, beta ramped up linearly over the first ``warmup_steps``."""
+
+    loss: str
+    beta: float
+    warmup_steps: float = 0
+
+    def kl_weight(self, step: int | None) -> float:
+        if step is None or self.warmup_steps == 0:
+            return self.beta
+        return self.beta * min(1.0, (step + 1) / self.warmup_steps)
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int | None
+    ) -> dict[str, torch.Tensor]:
+        logits, mu, logvar = model(x, y)
+        return cvae_loss(logits, x, mu, logvar, self.loss, self.kl_weight(step))
+
+
+# What training depends on: a checkpoint written with other values cannot be resumed.
+# The prior is fitted after training, so model.prior and model.prior_components may differ.
+RESUME_SETTINGS = (
+    "batch_size", "lr", "adam_beta1", "loss", "beta", "kl_warmup_epochs", "lr_schedule",
+    "augment_rotation", "augment_shift",
+)  # fmt: skip
+
+
+def resume_settings(model: ModelParams, training: TrainingParams, seed: int) -> dict[str, Any]:
+    keys = RESUME_SETTINGS + (
+        ("epochs",) if training.lr_schedule != "constant" else ()
+    )  # a schedule spans them
+    return {
+        **{f"model.{k}": v for k, v in model.model_dump().items() if k not in ("prior", "prior_components")},
+        **{f"training.{k}": getattr(training, k) for k in keys},
+        "seed": seed,
+    }
+
+
+def train_cvae(
+    model_params: ModelParams,
+    train: Split,
+    test: Split,
+    training: TrainingParams,
+    seed: int,
+    checkpoint: CheckpointStore | None = None,
+) -> tuple[CVAE, History]:
+    """Build a CVAE from ``seed`` and train it; return it on the CPU with its history."""
+    generator = seed_everything(seed)
+    if training.num_threads:
+        torch.set_num_threads(training.num_threads)
+    device = select_device(training.device)
+    model = CVAE(model_params).to(device)
+    steps_per_epoch = math.ceil(len(train["labels"]) / training.batch_size)
+    augment = None
+    if training.augment_rotation or training.augment_shift:
+
+        def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            return random_affine(images, training.augment_rotation, training.augment_shift, generator)
+
+    fast = accelerated(model, device) if training.fast_path == "auto" else nullcontext()
+    with fast:
+        trainer = Trainer(
+            model,
+            CVAEObjective(training.loss, training.beta, training.kl_warmup_epochs * steps_per_epoch),
+            lr=training.lr,
+            total_steps=training.epochs * steps_per_epoch,
+            device=device,
+            name="training",
+            schedule=training.lr_schedule,
+            betas=(training.adam_beta1, 0.999),
+            mixed_precision=training.mixed_precision,
+            compile=training.compile,
+            augment=augment,
+            untrained=("prior_",),
+        )
+        logger.info(
+            "Training on %s (%d threads, autocast %s, fast path %s, compile %s)",
+            device,
+            torch.get_num_threads(),
+            trainer.autocast_dtype,
+            "on" if training.fast_path == "auto" and device.type == "cpu" else "off",
+            training.compile,
+        )
+        history = fit(
+            trainer,
+            {key: value.to(device) for key, value in train.items()},
+            {key: value.to(device) for key, value in test.items()},
+            epochs=training.epochs,
+            batch_size=training.batch_size,
+            test_batch_size=training.test_batch_size,
+            generator=generator,
+            checkpoint=checkpoint,
+            resume=training.resume,
+            settings=resume_settings(model_params, training, seed),
+        )
+    return model.cpu(), history

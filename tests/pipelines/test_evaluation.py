@@ -1,0 +1,92 @@
+"""Nodes of the evaluation pipeline."""
+
+import pytest
+import torch
+
+from cvae_mnist.datasets import CheckpointDataset
+from cvae_mnist.inference import reconstruct
+from cvae_mnist.model import CVAE
+from cvae_mnist.params import ClassifierParams, EvaluationParams, IngestionParams, ModelParams
+from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
+from cvae_mnist.pipelines.evaluation import create_pipeline
+from cvae_mnist.pipelines.evaluation.nodes import (
+    evaluate_reconstructions,
+    get_digit_classifier,
+    plot_label_swap,
+    plot_reconstructions,
+    plot_worst_reconstructions,
+    reconstruct_test_set,
+)
+
+EVALUATION = EvaluationParams(batch_size=16, device="cpu")
+
+
+@pytest.fixture
+def data(tiny_raw):
+    return decode_mnist(tiny_raw, IngestionParams())
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return CVAE(ModelParams(latent_dim=4, base_channels=4)).eval()
+
+
+def test_the_test_set_is_reconstructed_once_for_the_metrics_and_the_figures(model, data):
+    _, test = data
+    reconstructions = reconstruct_test_set(model, test, EVALUATION)
+    logits = reconstruct(model, test["images"], test["labels"], 16, torch.device("cpu"))
+    torch.testing.assert_close(reconstructions["images"], torch.sigmoid(logits))
+    assert reconstructions["bce"].shape == (40,)
+    metrics = evaluate_reconstructions(reconstructions, test)
+    assert metrics["bce_per_image"].item() == pytest.approx(reconstructions["bce"].mean().item())
+    consumers = {n.name for n in create_pipeline().nodes if "test_reconstructions" in n.inputs}
+    assert consumers == {
+        "evaluate_reconstructions_node",
+        "plot_reconstructions_node",
+        "plot_worst_reconstructions_node",
+    }
+    assert "cvae_model" not in {i for n in create_pipeline().nodes if n.name in consumers for i in n.inputs}
+
+
+def test_the_worst_reconstructions_are_the_highest_bce(model, data):
+    _, test = data
+    reconstructions = reconstruct_test_set(model, test, EVALUATION)
+    figure = plot_worst_reconstructions(
+        reconstructions, test, EVALUATION.model_copy(update={"worst_examples": 3})
+    )
+    worst = reconstructions["bce"].argsort(descending=True)[:3]
+    titles = [axis.get_title() for axis in figure.axes if axis.get_title()]
+    assert titles == [f"{test['labels'][i].item()}: {reconstructions['bce'][i].item():.0f}" for i in worst]
+    assert plot_reconstructions(reconstructions, test, EVALUATION).axes
+
+
+def test_the_label_swap_figure_names_its_columns(model, data):
+    _, test = data
+    (axis,) = plot_label_swap(model, test, EVALUATION).axes
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["test", *map(str, range(10))]
+
+
+def test_the_digit_classifier_is_reused_only_for_the_same_settings_and_data(data, tmp_path):
+    train, test = data
+    store = CheckpointDataset(filepath=str(tmp_path / "classifier.pt")).load()
+    settings = ClassifierParams(epochs=1, seed=0)
+    first = get_digit_classifier(store, train, test, settings)
+    assert get_digit_classifier(store, train, test, settings) is not first  # read back ...
+    reused = store.read()
+    assert all(
+        torch.equal(reused["state_dict"][k], v) for k, v in first["state_dict"].items()
+    )  # ... unchanged
+    smaller = {key: value[:60] for key, value in train.items()}
+    retrained = get_digit_classifier(store, smaller, test, settings)
+    assert retrained["config"]["n_train"] == 60 and store.read()["config"]["n_train"] == 60
+    two_epochs = settings.model_copy(update={"epochs": 2})
+    assert get_digit_classifier(store, smaller, test, two_epochs)["config"]["epochs"] == 2
+    other_seed = get_digit_classifier(store, smaller, test, two_epochs.model_copy(update={"seed": 1}))
+    assert other_seed["config"]["seed"] == 1 and store.read()["config"]["seed"] == 1
+
+
+def test_the_top_level_seed_does_not_reach_the_digit_classifier():
+    # the judge of generated digits stays the same when a run changes `seed`
+    node = next(n for n in create_pipeline().nodes if n.name == "get_digit_classifier_node")
+    assert "params:seed" not in node.inputs and "params:classifier" in node.inputs

@@ -1,0 +1,214 @@
+"""The training engine: batches, the optimisation loop, speed settings, checkpoints and resume."""
+
+import pytest
+import torch
+
+from cvae_mnist import training as engine
+from cvae_mnist.datasets import CheckpointDataset
+from cvae_mnist.errors import ModelFileError, TrainingDivergedError
+from cvae_mnist.params import IngestionParams, ModelParams, TrainingParams
+from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
+from cvae_mnist.training import CVAEObjective, Trainer, batches, train_cvae
+
+MODEL = ModelParams(
+    latent_dim=4,
+    base_channels=4,
+    conditioning="one_hot",
+    normalization="none",
+    residual_blocks=0,
+    prior="standard_normal",
+)
+DEFAULT_LAYERS = ModelParams(latent_dim=4, base_channels=4, embedding_dim=3)
+PLAIN = {"fast_path": "off", "mixed_precision": False}
+
+
+@pytest.fixture
+def data(tiny_raw):
+    return decode_mnist(tiny_raw, IngestionParams())
+
+
+def _train(data, model=MODEL, store=None, **training):
+    params = TrainingParams(**{"batch_size": 32, "device": "cpu", "epochs": 2, **training})
+    return train_cvae(model, *data, params, seed=0, checkpoint=store)
+
+
+def test_batches_cover_the_data_once_in_order_or_shuffled(data):
+    train, _ = data
+    in_order = list(batches(train, 32))
+    assert [len(y) for _, y in in_order] == [32, 32, 32, 24]
+    assert torch.equal(torch.cat([x for x, _ in in_order]), train["images"])
+    shuffled = torch.cat([y for _, y in batches(train, 32, torch.Generator().manual_seed(0))])
+    assert sorted(shuffled.tolist()) == sorted(train["labels"].tolist())
+    assert not torch.equal(shuffled, train["labels"])
+
+
+@pytest.mark.parametrize("model", [MODEL, DEFAULT_LAYERS], ids=["report's layers", "default layers"])
+@pytest.mark.parametrize("setting", [{"fast_path": "auto"}, {"mixed_precision": True}])
+def test_each_speed_setting_keeps_the_loss(data, model, setting):
+    _, plain = _train(data, model, epochs=1, **PLAIN)
+    _, fast = _train(data, model, epochs=1, **{**PLAIN, **setting})
+    # bf16 autocast rounds activations to 8 bits of mantissa; the fast forms are exact up to fp32
+    # rounding, which four Adam steps through batch norm grow to about 2e-4 here
+    tolerance = 0.02 if setting.get("mixed_precision") else 1e-3 if model is DEFAULT_LAYERS else 1e-4
+    assert fast["train_loss"] == pytest.approx(plain["train_loss"], rel=tolerance)
+    assert fast["test_loss"] == pytest.approx(plain["test_loss"], rel=tolerance)
+
+
+def test_train_cvae_returns_a_plain_cpu_model_and_its_history(data):
+    model, history = _train(data)
+    assert model.config == MODEL and not model.training
+    assert all(t.device.type == "cpu" and t.is_contiguous() for t in model.state_dict().values())
+    assert type(model.conv1).__name__ == "ConditionedConv2d"  # the fast forms are gone after training
+    assert history["epoch"] == [1, 2] and len(history["test_loss"]) == 2
+    assert set(history) == {"epoch", "seconds"} | {
+        f"{s}_{t}" for s in ("train", "test") for t in ("loss", "reconstruction", "kl")
+    }
+    assert history["train_loss"][1] < history["train_loss"][0]
+
+
+def test_a_diverging_run_names_epoch_batch_and_cause(data):
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"training loss became (nan|inf) at epoch 1/1, batch \d+\. The learning rate \(training.lr = 1e\+30\)",
+    ):
+        _train(data, epochs=1, lr=1e30)
+
+
+def test_the_kl_weight_ramps_up_over_the_warmup_steps():
+    objective = CVAEObjective("bce", beta=0.5, warmup_steps=20)
+    weights = [objective.kl_weight(step) for step in range(25)]
+    assert weights[0] == pytest.approx(0.5 / 20) and weights[9] == pytest.approx(0.25)
+    assert weights[19:] == [0.5] * 6
+    assert all(a < b for a, b in zip(weights[:19], weights[1:20]))
+    assert objective.kl_weight(None) == 0.5  # held-out data is scored at the full weight
+    assert CVAEObjective("bce", beta=0.5).kl_weight(0) == 0.5
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_a_learning_rate_schedule_steps_once_per_batch(data, schedule):
+    train, _ = data
+    model = torch.nn.Linear(1, 1)
+
+    def objective(model, x, y, step):
+        return {"loss": model(x.mean((1, 2, 3))[:, None]).square().mean()}
+
+    trainer = Trainer(
+        model, objective, lr=0.01, total_steps=8, device=torch.device("cpu"), name="t", schedule=schedule
+    )
+    used = []  # the learning rate of each batch
+    step = trainer.scheduler.step
+
+    def record_then_step():
+        used.append(trainer.optimizer.param_groups[0]["lr"])
+        step()
+
+    trainer.scheduler.step = record_then_step
+    for epoch in (1, 2):
+        trainer.train_epoch(train, 32, torch.Generator().manual_seed(0), f"epoch {epoch}")
+    assert trainer.step == len(used) == 8
+    assert max(used) == pytest.approx(0.01, rel=0.05)  # onecycle peaks between two batches
+    assert used[-1] < 0.01 * 0.05  # annealed by the last planned batch
+    if schedule == "onecycle":
+        assert used[0] < 0.01 / 20  # it warms up first
+    else:
+        assert used == sorted(used, reverse=True)
+
+
+class TestCheckpoints:
+    @pytest.fixture
+    def store(self, tmp_path):
+        return CheckpointDataset(filepath=str(tmp_path / "checkpoint.pt")).load()
+
+    @staticmethod
+    def assert_same_weights(model, other):
+        for name, tensor in other.state_dict().items():
+            assert torch.equal(model.state_dict()[name], tensor), name
+
+    def test_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(self, data, store):
+        full_model, full_history = _train(data, epochs=3)
+        _train(data, store=store, epochs=1)  # as if stopped after the first epoch
+        assert store.read()["epoch"] == 1
+        resumed_model, resumed_history = _train(data, store=store, epochs=3, resume=True)
+        self.assert_same_weights(resumed_model, full_model)
+        for key in ("train_loss", "test_loss", "train_kl", "test_reconstruction"):
+            assert resumed_history[key] == full_history[key]
+        assert store.read()["epoch"] == 3
+
+    def test_schedules_augmentation_and_the_default_architecture_resume_bit_for_bit(self, data, store):
+        """A run stopped after its first epoch (as a kill would) and resumed ends like an
+        uninterrupted one, with the learning-rate schedule, KL warm-up and augmentation,
+        on the default layers with the fast path and bf16."""
+        settings = {
+            "epochs": 3, "lr_schedule": "onecycle", "kl_warmup_epochs": 2, "augment_rotation": 10,
+            "augment_shift": 2, "fast_path": "auto", "mixed_precision": True,
+        }  # fmt: skip
+        full_model, full_history = _train(data, DEFAULT_LAYERS, **settings)
+
+        class Stop(Exception):
+            pass
+
+        write = store.write
+
+        def write_then_stop(state):
+            write(state)
+            raise Stop
+
+        store.write = write_then_stop
+        with pytest.raises(Stop):
+            _train(data, DEFAULT_LAYERS, store=store, **settings)
+        store.write = write
+        resumed_model, resumed_history = _train(data, DEFAULT_LAYERS, store=store, resume=True, **settings)
+        self.assert_same_weights(resumed_model, full_model)
+        assert resumed_history["train_loss"] == full_history["train_loss"]
+
+    def test_another_prior_resumes_a_finished_run_without_training(self, data, store):
+        fitted = MODEL.model_copy(update={"prior": "fitted", "prior_components": 3})
+        model, history = _train(data, fitted, store=store, epochs=1)
+        again, again_history = _train(data, MODEL, store=store, epochs=1, resume=True)
+        assert again_history == history
+        assert again.config.prior == "standard_normal" and again.prior_weights.shape == (10, 1)
+        trained = [k for k in model.state_dict() if not k.startswith("prior_")]
+        assert trained and all(torch.equal(again.state_dict()[k], model.state_dict()[k]) for k in trained)
+
+    def test_a_schedule_cannot_resume_with_other_epochs(self, data, store):
+        _train(data, store=store, epochs=1, lr_schedule="cosine")
+        with pytest.raises(ModelFileError, match=r"training.epochs: checkpoint 1, parameters 2"):
+            _train(data, store=store, epochs=2, resume=True, lr_schedule="cosine")
+
+    def test_a_finished_run_is_not_retrained(self, data, store):
+        model, history = _train(data, store=store)
+        again, again_history = _train(data, store=store, resume=True)
+        assert again_history == history  # same epochs and the same recorded timings: nothing ran
+        self.assert_same_weights(again, model)
+
+    def test_resume_without_a_checkpoint_starts_from_scratch(self, data, store):
+        _, history = _train(data, store=store, epochs=1, resume=True)
+        assert history["epoch"] == [1]
+
+    def test_a_checkpoint_of_other_settings_is_refused_with_the_differences(self, data, store):
+        _train(data, store=store, epochs=1)
+        with pytest.raises(
+            ModelFileError,
+            match=r"Cannot resume from .*checkpoint.pt: .*training.batch_size: checkpoint 32, parameters 16.*training.resume=false",
+        ):
+            _train(data, store=store, resume=True, batch_size=16)
+
+    def test_a_checkpoint_of_another_version_is_refused(self, data, store):
+        store.write({"epoch": 1, "model": {}})
+        with pytest.raises(ModelFileError, match=r"not a checkpoint of this version of cvae-mnist"):
+            _train(data, store=store, resume=True)
+
+    def test_divergence_keeps_the_last_good_checkpoint(self, data, store, monkeypatch):
+        _train(data, store=store, epochs=1)
+
+        def nan_loss(logits, *args, **kwargs):
+            nan = logits.sum() * float("nan")
+            return {"loss": nan, "reconstruction": nan, "kl": nan}
+
+        monkeypatch.setattr(engine, "cvae_loss", nan_loss)
+        with pytest.raises(
+            TrainingDivergedError,
+            match=r"became nan at epoch 2/2, batch 1\..*The checkpoint of epoch 1 is kept in .*checkpoint.pt",
+        ):
+            _train(data, store=store, resume=True)
+        assert store.read()["epoch"] == 1

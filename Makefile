@@ -8,13 +8,13 @@ export DO_NOT_TRACK := 1
 
 .PHONY: install run report smoke test lint viz viz-build mlflow-ui serve benchmark ablations clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
-install: $(BIN)/.installed  ## create .venv and install the project with its test tools
+install: $(BIN)/.installed  ## create .venv and install the project and its test tools at the measured versions
 
 run: install  ## the full run: ingest MNIST, train 10 epochs, evaluate (conf/base + conf/local)
 	$(BIN)/kedro run

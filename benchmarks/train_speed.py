@@ -38,7 +38,7 @@ from cvae_mnist.params import ModelParams, TrainingParams
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
 from cvae_mnist.pipelines.evaluation.nodes import evaluate_reconstructions, reconstruct_test_set
 from cvae_mnist.runtime import seed_everything
-from cvae_mnist.training import CVAEObjective, Trainer
+from cvae_mnist.training import Trainer, cvae_trainer
 
 BATCH_SIZE = 128
 # Zen 4 runs AVX-512 on two 256-bit FMA pipes: 2 x 8 lanes x 2 FLOP per cycle and core.
@@ -65,23 +65,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def our_trainer(model: CVAE, training: TrainingParams, total_steps: int, stack: ExitStack) -> Trainer:
+def our_trainer(model: CVAE, training: TrainingParams, steps_per_epoch: int, stack: ExitStack) -> Trainer:
     """Our engine as `kedro run` sets it up, the fast path held open on ``stack``."""
     device = torch.device("cpu")
     if training.fast_path == "auto":
         stack.enter_context(accelerated(model, device))
-    return Trainer(
-        model,
-        CVAEObjective(training.loss, training.beta),
-        lr=training.lr,
-        total_steps=total_steps,
-        device=device,
-        name="training",
-        schedule=training.lr_schedule,
-        betas=(training.adam_beta1, 0.999),
-        mixed_precision=training.mixed_precision,
-        compile=training.compile,
-    )
+    return cvae_trainer(model, training, device, steps_per_epoch)
 
 
 def flop_per_image(model_config: ModelParams) -> float:
@@ -144,13 +133,14 @@ def main() -> None:
     reference_optimizer = torch.optim.Adam(reference_model.parameters(), lr=1e-3)
     loader = DataLoader(TensorDataset(train["images"], train["labels"]), batch_size=BATCH_SIZE, shuffle=True)
     # a learning-rate schedule, if any, spans the warm-up and every round
-    total_steps = (args.rounds + 1) * math.ceil(n / BATCH_SIZE)
+    config = config.model_copy(update={"batch_size": BATCH_SIZE, "epochs": args.rounds + 1})
+    steps = math.ceil(n / BATCH_SIZE)
     stack = ExitStack()
-    variants = {"reference": None, "ours": our_trainer(CVAE(report_model), config, total_steps, stack)}
+    variants = {"reference": None, "ours": our_trainer(CVAE(report_model), config, steps, stack)}
     architectures = {"reference": report_model, "ours": report_model}
     if ours_model != report_model:
         name = "ours, default architecture"
-        variants[name] = our_trainer(CVAE(ours_model), config, total_steps, stack)
+        variants[name] = our_trainer(CVAE(ours_model), config, steps, stack)
         architectures[name] = ours_model
 
     # untimed warm-up: oneDNN builds its kernels on first use, the DataLoader its iterator
@@ -196,7 +186,7 @@ def main() -> None:
     print(
         f"{'training speed ratio':>28}: {statistics.median(ratios):.2f}x ours / reference (median of {[round(r, 2) for r in ratios]})"
     )
-    batches = args.rounds * math.ceil(n / BATCH_SIZE)
+    batches = args.rounds * steps
     print(f"{'per batch':>28}: CPU time (both threads, user + system) and minor page faults")
     for name, used in usage.items():
         print(

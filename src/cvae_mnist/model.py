@@ -48,6 +48,12 @@ class ResidualBlock(nn.Module):
         return F.relu(x + self.body(x))
 
 
+def _stage(index: int, conv: nn.Conv2d | nn.ConvTranspose2d, batch_norm: bool, prefix: str = "") -> list:
+    """``conv``, then batch norm if asked, then a ReLU, as named layers of a Sequential."""
+    norm = [(f"{prefix}norm{index}", nn.BatchNorm2d(conv.out_channels))] if batch_norm else []
+    return [(f"{prefix}conv{index}", conv), *norm, (f"{prefix}relu{index}", nn.ReLU())]
+
+
 class CVAE(nn.Module):
     """``forward(x, labels)`` returns ``(logits, mu, logvar)``."""
 
@@ -60,35 +66,35 @@ class CVAE(nn.Module):
         embedded = config.conditioning == "embedding"
         self.embedding = nn.Embedding(k, config.embedding_dim) if embedded else None
         e = config.embedding_dim if embedded else k
-        size = config.image_size
-        for _ in stages:
-            size //= 2  # a 4x4 stride-2 convolution with padding 1 halves the size, rounding down
-        blocks = [(f"block{i}", ResidualBlock(widths[-1], batch_norm)) for i in range(config.residual_blocks)]
-        self.conv1 = ConditionedConv2d(1 + e, widths[0], 4, stride=2, padding=1)
-        encoder: list[tuple[str, nn.Module]] = [("relu1", nn.ReLU())]
-        for i, (c_in, c_out) in enumerate(zip(widths, widths[1:]), start=2):
-            encoder.append((f"conv{i}", nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)))
-            encoder += [(f"norm{i}", nn.BatchNorm2d(c_out))] if batch_norm else []
-            encoder.append((f"relu{i}", nn.ReLU()))
-        self.encoder = nn.Sequential(OrderedDict([*encoder, *blocks, ("flatten", nn.Flatten())]))
+        size = config.image_size // 2 ** len(stages)  # each 4x4 stride-2 convolution halves it, rounding down
         flat = widths[-1] * size * size
+
+        def blocks() -> list:
+            return [
+                (f"block{i}", ResidualBlock(widths[-1], batch_norm)) for i in range(config.residual_blocks)
+            ]
+
+        encoder_blocks = blocks()
+        self.conv1 = ConditionedConv2d(1 + e, widths[0], 4, stride=2, padding=1)
+        encoder = [("relu1", nn.ReLU())]
+        for i, (c_in, c_out) in enumerate(zip(widths, widths[1:]), start=2):
+            encoder += _stage(i, nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), batch_norm)
+        self.encoder = nn.Sequential(OrderedDict([*encoder, *encoder_blocks, ("flatten", nn.Flatten())]))
         self.fc_mu = nn.Linear(flat, d)
         self.fc_logvar = nn.Linear(flat, d)
+
         self.decoder_input = nn.Linear(d + e, flat)
-        decoder: list[tuple[str, nn.Module]] = [("unflatten", nn.Unflatten(1, (widths[-1], size, size)))]
+        decoder = [("unflatten", nn.Unflatten(1, (widths[-1], size, size)))]
         if activate_input:
             decoder += [("norm0", nn.BatchNorm2d(widths[-1]))] if batch_norm else []
             decoder.append(("relu0", nn.ReLU()))
-        decoder += [
-            (f"block{i}", ResidualBlock(widths[-1], batch_norm)) for i in range(config.residual_blocks)
-        ]
-        channels_out = [*reversed(widths[:-1]), 1]
-        for i, (c_in, c_out, pad) in enumerate(zip(reversed(widths), channels_out, paddings), start=1):
-            decoder.append((f"upconv{i}", nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=pad)))
-            if c_out > 1:
-                decoder += [(f"upnorm{i}", nn.BatchNorm2d(c_out))] if batch_norm else []
-                decoder.append((f"uprelu{i}", nn.ReLU()))
+        decoder += blocks()
+        ups = list(zip(reversed(widths), [*reversed(widths[:-1]), 1], paddings))
+        for i, (c_in, c_out, padding) in enumerate(ups, start=1):
+            up = nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=padding)
+            decoder += _stage(i, up, batch_norm, prefix="up") if i < len(ups) else [(f"upconv{i}", up)]
         self.decoder = nn.Sequential(OrderedDict(decoder))
+
         m = config.prior_components if config.prior == "fitted" else 1
         self.register_buffer("prior_weights", torch.full((k, m), 1 / m))
         self.register_buffer("prior_mean", torch.zeros(k, m, d))

@@ -324,6 +324,32 @@ def resume_settings(model: ModelParams, training: TrainingParams, seed: int) -> 
     }
 
 
+def cvae_trainer(
+    model: CVAE, training: TrainingParams, device: torch.device, steps_per_epoch: int
+) -> Trainer:
+    """The engine set up for the CVAE as ``training`` asks (fast forms are :func:`train_cvae`'s)."""
+    augment = None
+    if training.augment_rotation or training.augment_shift:
+
+        def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            return random_affine(images, training.augment_rotation, training.augment_shift, generator)
+
+    return Trainer(
+        model,
+        CVAEObjective(training.loss, training.beta, training.kl_warmup_epochs * steps_per_epoch),
+        lr=training.lr,
+        total_steps=training.epochs * steps_per_epoch,
+        device=device,
+        name="training",
+        schedule=training.lr_schedule,
+        betas=(training.adam_beta1, 0.999),
+        mixed_precision=training.mixed_precision,
+        compile=training.compile,
+        augment=augment,
+        untrained=("prior_",),
+    )
+
+
 def train_cvae(
     model_params: ModelParams,
     train: Split,
@@ -338,35 +364,15 @@ def train_cvae(
         torch.set_num_threads(training.num_threads)
     device = select_device(training.device)
     model = CVAE(model_params).to(device)
-    steps_per_epoch = math.ceil(len(train["labels"]) / training.batch_size)
-    augment = None
-    if training.augment_rotation or training.augment_shift:
-
-        def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-            return random_affine(images, training.augment_rotation, training.augment_shift, generator)
-
-    fast = accelerated(model, device) if training.fast_path == "auto" else nullcontext()
-    with fast:
-        trainer = Trainer(
-            model,
-            CVAEObjective(training.loss, training.beta, training.kl_warmup_epochs * steps_per_epoch),
-            lr=training.lr,
-            total_steps=training.epochs * steps_per_epoch,
-            device=device,
-            name="training",
-            schedule=training.lr_schedule,
-            betas=(training.adam_beta1, 0.999),
-            mixed_precision=training.mixed_precision,
-            compile=training.compile,
-            augment=augment,
-            untrained=("prior_",),
-        )
+    fast = training.fast_path == "auto"
+    with accelerated(model, device) if fast else nullcontext():
+        trainer = cvae_trainer(model, training, device, math.ceil(len(train["labels"]) / training.batch_size))
         logger.info(
             "Training on %s (%d threads, autocast %s, fast path %s, compile %s)",
             device,
             torch.get_num_threads(),
             trainer.autocast_dtype,
-            "on" if training.fast_path == "auto" and device.type == "cpu" else "off",
+            "on" if fast and device.type == "cpu" else "off",
             training.compile,
         )
         history = fit(

@@ -18,6 +18,19 @@ from cvae_mnist.pipelines.evaluation.nodes import (
     reconstruct_test_set,
 )
 
+# figure name -> the node that draws it and its inputs; each lands in "{name}_figure"
+FIGURES = {
+    "reconstructions": (plot_reconstructions, ["test_reconstructions", "mnist_test", "params:evaluation"]),
+    "worst_reconstructions": (
+        plot_worst_reconstructions,
+        ["test_reconstructions", "mnist_test", "params:evaluation"],
+    ),
+    "generated_digits": (plot_generated_digits, ["cvae_model", "params:evaluation", "params:seed"]),
+    "latent_interpolation": (plot_latent_interpolation, ["cvae_model", "mnist_test", "params:evaluation"]),
+    "label_swap": (plot_label_swap, ["cvae_model", "mnist_test", "params:evaluation"]),
+    "training_curves": (plot_training_curves, ["training_history"]),
+}
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
@@ -72,40 +85,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="log_metrics_node",
             ),
             *[
-                node(
-                    func=plot,
-                    inputs=["test_reconstructions", "mnist_test", "params:evaluation"],
-                    outputs=f"{name}_figure",
-                    name=f"plot_{name}_node",
-                )
-                for name, plot in (
-                    ("reconstructions", plot_reconstructions),
-                    ("worst_reconstructions", plot_worst_reconstructions),
-                )
+                node(func=plot, inputs=inputs, outputs=f"{name}_figure", name=f"plot_{name}_node")
+                for name, (plot, inputs) in FIGURES.items()
             ],
-            node(
-                func=plot_generated_digits,
-                inputs=["cvae_model", "params:evaluation", "params:seed"],
-                outputs="generated_digits_figure",
-                name="plot_generated_digits_node",
-            ),
-            *[
-                node(
-                    func=plot,
-                    inputs=["cvae_model", "mnist_test", "params:evaluation"],
-                    outputs=f"{name}_figure",
-                    name=f"plot_{name}_node",
-                )
-                for name, plot in (
-                    ("latent_interpolation", plot_latent_interpolation),
-                    ("label_swap", plot_label_swap),
-                )
-            ],
-            node(
-                func=plot_training_curves,
-                inputs="training_history",
-                outputs="training_curves_figure",
-                name="plot_training_curves_node",
-            ),
         ]
     )

@@ -139,7 +139,9 @@ class TestTorchDataset:
         dataset = TorchDataset(filepath=str(path))
         dataset.save({"w": torch.rand(100)})
         path.write_bytes(path.read_bytes()[:200])
-        with raises_user_error(ModelFileError, match=r"cvae.pt is truncated or corrupted"):
+        with raises_user_error(
+            ModelFileError, match=r"cvae.pt is truncated, corrupted or not a file this project wrote"
+        ):
             dataset.load()
 
     def test_failed_save_keeps_the_old_file_and_leaves_no_partial_file(self, tmp_path):

@@ -3,13 +3,13 @@ import torch
 from torch.distributions import Bernoulli, Normal
 
 from cvae_mnist.datasets import CVAEDataset
-from cvae_mnist.datasets.torch_dataset import model_from_checkpoint, model_to_checkpoint
 from cvae_mnist.errors import ModelFileError
 from cvae_mnist.inference import generate, likelihood_terms, reconstruct
 from cvae_mnist.losses import kl_divergence
 from cvae_mnist.model import CVAE
 from cvae_mnist.params import ModelParams
 from cvae_mnist.prior import fit_class_prior
+from cvae_mnist.saving import from_checkpoint, to_checkpoint
 from mnist_fixtures import raises_user_error
 
 PLAIN = {"conditioning": "one_hot", "normalization": "none", "residual_blocks": 0, "prior": "standard_normal"}
@@ -56,10 +56,10 @@ def test_the_dataset_saves_a_model_and_loads_it_ready_with_weights_only(model, t
 
 
 def test_a_saved_model_that_does_not_fit_its_parameters_is_named(model, tmp_path):
-    checkpoint = model_to_checkpoint(model)
+    checkpoint = to_checkpoint(model)
     checkpoint["config"]["latent_dim"] = 16
     with pytest.raises(ModelFileError, match=r"cvae.pt does not match the model parameters saved in it"):
-        model_from_checkpoint(checkpoint, "cvae.pt")
+        from_checkpoint(checkpoint, "cvae.pt")
     torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")
     with raises_user_error(ModelFileError, match=r"other.pt is not a CVAE saved by this project"):
         CVAEDataset(filepath=str(tmp_path / "other.pt")).load()

@@ -1,4 +1,4 @@
-"""The logged model, served by MLflow's own server on a loopback port."""
+"""The registered model, served by MLflow's own server on a loopback port."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import psutil
 import pytest
+import torch
 
-from cvae_mnist.serving import MAX_SAMPLES_PER_REQUEST
+from cvae_mnist.serving import CHAMPION, MAX_IMAGES_PER_REQUEST, MAX_SAMPLES_PER_ROW, MODEL_NAME
 from mnist_fixtures import make_test_project, tracking_uri
 
 BIN = Path(sys.executable).parent
@@ -36,39 +38,99 @@ def _post(port: int, payload: dict) -> tuple[int, dict]:
         headers={"Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A project trained on tiny data by `kedro run`; its environment and model URI."""
-    project = make_test_project(tmp_path_factory.mktemp("served"))
-    environment = {
-        **os.environ,
-        "KEDRO_DISABLE_TELEMETRY": "1",
-        "MLFLOW_TRACKING_URI": tracking_uri(project),
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # mlflow starts `uvicorn` from PATH
-    }
+def _kedro(project: Path, environment: dict, *args: str) -> None:
     subprocess.run(
-        [BIN / "kedro", "run", "--env", "test"],
+        [BIN / "kedro", "run", *args],
         cwd=project,
         env=environment,
         check=True,
         capture_output=True,
         timeout=300,
     )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A project whose default run (conf/local: tiny data) registered the champion, then
+    a run of another environment; its environment variables and the champion's URI."""
+    project = make_test_project(tmp_path_factory.mktemp("served"), env="local")
+    for name in ("catalog", "parameters", "mlflow"):
+        (project / "conf" / "test").mkdir(exist_ok=True)
+        (project / "conf" / "test" / f"{name}.yml").write_text(
+            (project / "conf" / "local" / f"{name}.yml").read_text()
+        )
+    (project / "conf" / "test" / "globals.yml").write_text(
+        "folders:\n  models: data/06_models/test\n  reporting: data/08_reporting/test\n"
+    )
+    environment = {
+        **os.environ,
+        "KEDRO_DISABLE_TELEMETRY": "1",
+        "MLFLOW_TRACKING_URI": tracking_uri(project),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # mlflow starts `uvicorn` from PATH
+    }
+    _kedro(project, environment)  # a full default run: registers its model as the champion
+    _kedro(project, environment, "--env", "test")  # like `make smoke`: logs a model, registers none
+    uri = subprocess.run(
+        [BIN / "python", "-m", "cvae_mnist.serving"],
+        cwd=project,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return project, environment, uri
+
+
+def test_only_the_default_run_registered_its_model_as_the_champion(trained):
+    project, _, uri = trained
+    assert uri == f"models:/{MODEL_NAME}@{CHAMPION}"
     client = mlflow.MlflowClient(tracking_uri=tracking_uri(project))
-    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
-    (model,) = client.search_logged_models(experiment_ids=experiments)
-    return project, environment, f"models:/{model.model_id}"
+    (version,) = client.search_model_versions(f"name = '{MODEL_NAME}'")
+    assert client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version == version.version
+    run = client.get_run(version.run_id)
+    assert run.data.tags["env"] == "local" and run.info.run_name.startswith("local default ")
+    logged = mlflow.MlflowClient(tracking_uri=tracking_uri(project)).get_logged_model(
+        version.source.split("/")[-1]
+    )
+    assert {"test.bce_per_image", "test.fid"} <= {metric.key for metric in logged.metrics}
+
+
+def test_the_logged_model_holds_no_pickle_and_its_weights_cannot_run_code(trained, tmp_path):
+    project, environment, uri = trained
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(environment["MLFLOW_TRACKING_URI"])
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model")))
+        assert "loader_module: mlflow.pyfunc.loaders.code_model" in (local / "MLmodel").read_text()
+        assert (local / "served_model.py").exists()  # the model is code, read from the package
+        assert not [p for p in local.rglob("*") if p.suffix in {".pkl", ".pickle", ".cloudpickle"}]
+        model = mlflow.pyfunc.load_model(str(local))
+        answer = np.asarray(model.predict([{"digit": 2, "n_samples": 4, "seed": 5}]))
+        assert answer.shape == (1, 4, 28, 28) and 0.0 <= answer.min() and answer.max() <= 1.0
+
+        class Payload:  # a pickle that would write a file when unpickled
+            def __reduce__(self):
+                return (Path(tmp_path / "owned").write_text, ("code ran",))
+
+        torch.save({"config": {}, "state_dict": Payload()}, next(local.rglob("cvae.pt")))
+        with pytest.raises(
+            Exception, match=r"cvae.pt is truncated, corrupted or not a file this project wrote"
+        ):
+            mlflow.pyfunc.load_model(str(local))
+        assert not (tmp_path / "owned").exists()
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 @pytest.fixture(scope="module")
 def server(trained):
-    project, environment, model_uri = trained
+    project, environment, uri = trained
     port = _free_port()
     process = subprocess.Popen(
         [
@@ -76,7 +138,7 @@ def server(trained):
             "models",
             "serve",
             "-m",
-            model_uri,
+            uri,
             "--env-manager",
             "local",
             "--host",
@@ -102,7 +164,7 @@ def server(trained):
             assert process.poll() is None, "the model server exited"
             assert time.monotonic() < deadline, "the model server did not answer /ping within 180 s"
             time.sleep(0.5)
-        yield port
+        yield port, psutil.Process(process.pid)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -125,42 +187,45 @@ BAD_REQUESTS = [
     ({"digit": -1, "n_samples": 1}, "digit"),
     ({"digit": 3, "n_samples": 0}, "n_samples"),
     ({"digit": 3, "n_samples": -2}, "n_samples"),
-    ({"digit": 3, "n_samples": MAX_SAMPLES_PER_REQUEST + 1}, "n_samples"),
+    ({"digit": 3, "n_samples": MAX_SAMPLES_PER_ROW + 1}, "n_samples"),
     ({"n_samples": 1}, "digit"),
     ({"digit": 3}, "n_samples"),
     ({"digit": "six", "n_samples": 1}, "digit"),
     ({"digit": 2.5, "n_samples": 1}, "digit"),
     ({"digit": 3, "n_samples": 1, "seed": -4}, "seed"),
+    ({"digit": 3, "n_samples": 1, "seed": 2**64}, "seed"),
 ]
 
 
-def test_serves_digits_rejects_bad_requests_and_keeps_serving(server):
-    images = _good_request(server)
+def test_serves_digits_rejects_bad_requests_without_stack_traces_and_keeps_serving(server):
+    port, _ = server
+    images = _good_request(port)
     assert images.min() >= 0.0 and images.max() <= 1.0
-
     for fields, named in BAD_REQUESTS:
-        status, body = _post(server, {"inputs": [fields]})
+        status, body = _post(port, {"inputs": [fields]})
         assert status == 400, (fields, body)
         assert named in body["message"], (fields, body["message"])
+        assert "stack_trace" not in body and "Traceback" not in json.dumps(body), (fields, body)
+    np.testing.assert_array_equal(_good_request(port), images)  # same seed, same images, still serving
+    assert not np.array_equal(_good_request(port, seed=1), images)
 
-    np.testing.assert_array_equal(_good_request(server), images)  # same seed, same images, still serving
-    assert not np.array_equal(_good_request(server, seed=1), images)
+
+def _memory(process: psutil.Process) -> int:
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
 
 
-def test_loads_in_python_with_pyfunc(trained):
-    _, environment, model_uri = trained
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(
-        environment["MLFLOW_TRACKING_URI"]
-    )  # earlier sessions in this process set another
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    finally:
-        mlflow.set_tracking_uri(previous)
-    answer = np.asarray(model.predict([{"digit": 2, "n_samples": 4, "seed": 5}]))
-    assert answer.shape == (1, 4, 28, 28) and 0.0 <= answer.min() and answer.max() <= 1.0
-    np.testing.assert_array_equal(
-        np.asarray(model.predict([{"digit": 2, "n_samples": 4, "seed": 5}])), answer
+def test_a_request_over_the_cap_is_refused_at_once_and_the_cap_is_served_in_bounded_memory(server):
+    port, process = server
+    _good_request(port)
+    before = _memory(process)
+    rows = [{"digit": 1, "n_samples": MAX_SAMPLES_PER_ROW, "seed": 0}] * 1000  # 256,000 images asked
+    status, body = _post(port, {"inputs": rows})
+    assert status == 400 and f"at most {MAX_IMAGES_PER_REQUEST}" in body["message"], body
+    assert "stack_trace" not in body
+    assert _memory(process) - before < 200 * 2**20  # refused before any image was drawn
+    at_cap = [{"digit": 7, "n_samples": MAX_SAMPLES_PER_ROW, "seed": 1}] * (
+        MAX_IMAGES_PER_REQUEST // MAX_SAMPLES_PER_ROW
     )
-    with pytest.raises(mlflow.exceptions.MlflowException, match="digit"):
-        model.predict([{"digit": 12, "n_samples": 1}])
+    status, body = _post(port, {"inputs": at_cap})
+    assert status == 200 and np.asarray(body["predictions"]).shape == (4, MAX_SAMPLES_PER_ROW, 28, 28)
+    assert _memory(process) - before < 1024 * 2**20  # the largest answer fits well within 1 GiB

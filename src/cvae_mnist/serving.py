@@ -2,28 +2,43 @@
 
 Input rows ``{digit, n_samples, seed}`` (seed optional); output, per row, ``n_samples``
 images of 28x28 floats in [0, 1]. MLflow derives the model's signature from the type
-hints of ``predict`` and validates every request against ``GenerationRequest`` before
-``predict`` runs, so a bad request gets a 400 answer naming the field, and the
-server keeps serving.
+hints of ``predict`` and validates every row against ``GenerationRequest`` before
+``predict`` runs, so a bad request gets a 400 answer naming the field.
+
+The model is logged "from code" (``cvae_mnist/served_model.py``, see
+``cvae_mnist.datasets.GeneratorModelDataset``): loading it imports this module and reads
+the weights from the logged ``cvae.pt`` with ``weights_only=True``, so no pickle runs.
+A request may ask for at most ``MAX_IMAGES_PER_REQUEST`` images in all and stops after
+``REQUEST_SECONDS``, which bounds the server's memory and time per request; errors are
+answered with a message, never a stack trace.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
+import time
 from typing import Any
 
 import mlflow
 import torch
-from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel, ConfigDict, Field
 
-from cvae_mnist.datasets.torch_dataset import model_from_checkpoint, model_to_checkpoint
 from cvae_mnist.inference import generate
-from cvae_mnist.model import CVAE
 from cvae_mnist.runtime import select_device
+from cvae_mnist.saving import load_cvae
 
-MAX_SAMPLES_PER_REQUEST = 256  # one row's images; bounds a request's time and answer size
+logger = logging.getLogger(__name__)
+
+MAX_SAMPLES_PER_ROW = 256
+MAX_IMAGES_PER_REQUEST = 1024  # about 20 MB of JSON in the answer
+REQUEST_SECONDS = 30.0  # below MLflow's own 60 s, after which it answers 504 but the work goes on
+WEIGHTS = "cvae"  # the artifact that holds cvae.pt
+MODEL_NAME = "cvae_generator"  # in the runs and in the Model Registry
+CHAMPION = "champion"  # the alias of the registered version that `make serve` serves
 
 
 class GenerationRequest(BaseModel):
@@ -32,47 +47,61 @@ class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     digit: int = Field(ge=0, le=9, description="the digit to draw, 0-9")
-    n_samples: int = Field(ge=1, le=MAX_SAMPLES_PER_REQUEST, description="how many images")
-    seed: int | None = Field(default=None, ge=0, description="same seed, same images; none: fresh ones")
+    n_samples: int = Field(ge=1, le=MAX_SAMPLES_PER_ROW, description="how many images")
+    seed: int | None = Field(
+        default=None, ge=0, lt=2**63, description="same seed, same images; none: fresh ones"
+    )
 
 
 class CVAEGenerator(PythonModel):
     """Decodes prior samples under the requested label, through ``inference.generate``."""
 
-    def __init__(self, model: CVAE) -> None:
-        self.checkpoint = model_to_checkpoint(model)  # plain data, pickled into the MLflow model
-        self._model = None
-
     def load_context(self, context: Any) -> None:
-        self._model = model_from_checkpoint(self.checkpoint, "the served model")
+        self._model = load_cvae(context.artifacts[WEIGHTS])
+        self._device = select_device("auto")
 
     def predict(
         self, model_input: list[GenerationRequest], params: dict[str, Any] | None = None
     ) -> list[list[list[list[float]]]]:
-        if self._model is None:
-            self.load_context(None)
+        asked = sum(request.n_samples for request in model_input)
+        if asked > MAX_IMAGES_PER_REQUEST:
+            raise MlflowException(
+                f"This request asks for {asked} images in {len(model_input)} rows; one request may "
+                f"ask for at most {MAX_IMAGES_PER_REQUEST} in all. Split it.",
+                INVALID_PARAMETER_VALUE,
+            )
+        deadline = time.monotonic() + REQUEST_SECONDS
         answers = []
-        for request in model_input:
-            seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-            labels = torch.full((request.n_samples,), request.digit, dtype=torch.long)
-            images = generate(self._model, labels, seed, select_device("auto"))
-            answers.append(images[:, 0].tolist())
+        try:
+            for request in model_input:
+                if time.monotonic() > deadline:
+                    raise MlflowException(
+                        f"The request took longer than {REQUEST_SECONDS:.0f} s and was stopped; "
+                        "ask for fewer images at a time.",
+                        TEMPORARILY_UNAVAILABLE,
+                    )
+                seed = request.seed if request.seed is not None else secrets.randbelow(2**63)
+                labels = torch.full((request.n_samples,), request.digit, dtype=torch.long)
+                answers.append(generate(self._model, labels, seed, self._device)[:, 0].tolist())
+        except MlflowException:
+            raise
+        except Exception:
+            logger.exception("Generation failed")  # the details stay in the server's log
+            raise MlflowException("Generation failed on the server; see its log.", INTERNAL_ERROR) from None
         return answers
 
 
-def latest_model_uri(name: str = "cvae_generator") -> str:
-    """The URI of the newest model logged under ``name`` in the current tracking store."""
-    client = MlflowClient()
-    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
-    models = [
-        model for model in client.search_logged_models(experiment_ids=experiments) if model.name == name
-    ]
-    if not models:
+def champion_uri() -> str:
+    """``models:/cvae_generator@champion`` if a full default run registered one (for `make serve`)."""
+    try:
+        mlflow.MlflowClient().get_model_version_by_alias(MODEL_NAME, CHAMPION)
+    except MlflowException:
         raise SystemExit(
-            f"No model named {name!r} is logged in {mlflow.get_tracking_uri()}: run `make run` first."
-        )
-    return f"models:/{max(models, key=lambda model: model.creation_timestamp).model_id}"
+            f"Error: no model is registered as {MODEL_NAME}@{CHAMPION} in {mlflow.get_tracking_uri()}: "
+            "a full default run (`make run`) registers one; or serve another with MODEL=models:/<id>."
+        ) from None
+    return f"models:/{MODEL_NAME}@{CHAMPION}"
 
 
 if __name__ == "__main__":
-    print(latest_model_uri())  # noqa: T201 - for `make serve`
+    print(champion_uri())  # noqa: T201 - for `make serve`

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -5,8 +7,8 @@ from matplotlib.figure import Figure
 from cvae_mnist.model import CVAE
 from cvae_mnist.params import GenerationParams, ModelParams
 from cvae_mnist.pipelines.generation.nodes import generate_digits, plot_generated
-from cvae_mnist.pipelines.training.nodes import build_generator
-from cvae_mnist.serving import GenerationRequest
+from cvae_mnist.saving import to_checkpoint, write_tensors
+from cvae_mnist.serving import WEIGHTS, CVAEGenerator, GenerationRequest
 
 
 @pytest.fixture
@@ -36,8 +38,10 @@ def test_same_seed_same_images(model):
     assert not torch.equal(images(7), images(8))
 
 
-def test_the_served_model_generates_through_the_same_code_path(model):
-    generator = build_generator(model)
+def test_the_served_model_generates_through_the_same_code_path(model, tmp_path):
+    write_tensors(to_checkpoint(model), tmp_path / "cvae.pt")
+    generator = CVAEGenerator()
+    generator.load_context(SimpleNamespace(artifacts={WEIGHTS: str(tmp_path / "cvae.pt")}))
     answer = generator.predict([GenerationRequest(digit=6, n_samples=5, seed=0)])
     expected = generate_digits(model, GenerationParams(digit=6, n_samples=5, seed=0))["images"]
     assert torch.equal(torch.tensor(answer[0]), expected)

@@ -1,6 +1,7 @@
 """Custom Kedro datasets, in the style of kedro-datasets."""
 
 from cvae_mnist.datasets.atomic_dataset import AtomicDataset
+from cvae_mnist.datasets.generator_dataset import GeneratorModelDataset
 from cvae_mnist.datasets.mnist_raw_dataset import MNISTRawDataset
 from cvae_mnist.datasets.torch_dataset import CheckpointDataset, CheckpointStore, CVAEDataset, TorchDataset
 
@@ -9,6 +10,7 @@ __all__ = [
     "CVAEDataset",
     "CheckpointDataset",
     "CheckpointStore",
+    "GeneratorModelDataset",
     "MNISTRawDataset",
     "TorchDataset",
 ]

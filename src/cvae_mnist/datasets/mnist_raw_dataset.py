@@ -18,8 +18,8 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from cvae_mnist.datasets._atomic import atomic_path
-from cvae_mnist.errors import DataError
+from cvae_mnist.errors import DataError, redacted
+from cvae_mnist.saving import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class MNISTRawDataset(AbstractDataset[None, dict[str, bytes]]):
                 )
         if self._mirror:
             fetchers.append(
-                (f"mirror {self._mirror}", lambda d: _fetch_mirror(self._mirror, d, self._timeout))
+                (f"mirror {redacted(self._mirror)}", lambda d: _fetch_mirror(self._mirror, d, self._timeout))
             )
         return fetchers
 
@@ -198,9 +198,11 @@ class MNISTRawDataset(AbstractDataset[None, dict[str, bytes]]):
                 try:
                     found = fetch(Path(workdir))
                 except Exception as exc:  # noqa: BLE001 - any failure means: try the next source
-                    failures.append(f"{label}: {type(exc).__name__}: {exc}".strip())
+                    failures.append(redacted(f"{label}: {type(exc).__name__}: {exc}".strip()))
                     logger.warning(
-                        "Could not fetch MNIST from the %s (%s); trying the next source", label, exc
+                        "Could not fetch MNIST from the %s (%s); trying the next source",
+                        label,
+                        redacted(str(exc)),
                     )
                     continue
                 problems = [f"{name} not found" for name in missing if name not in found]
@@ -254,4 +256,5 @@ class MNISTRawDataset(AbstractDataset[None, dict[str, bytes]]):
         return all((self._path / name).exists() for name in MNIST_FILES)
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path), "sources": self._sources, "mirror": self._mirror}
+        mirror = redacted(self._mirror) if self._mirror else None
+        return {"path": str(self._path), "sources": self._sources, "mirror": mirror}

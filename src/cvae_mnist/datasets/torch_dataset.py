@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import torch
 from kedro.io import AbstractDataset, DatasetError
-from pydantic import ValidationError
 
-from cvae_mnist.datasets._atomic import atomic_path
-from cvae_mnist.errors import ModelFileError
 from cvae_mnist.model import CVAE
-from cvae_mnist.params import ModelParams
+from cvae_mnist.saving import from_checkpoint, read_tensors, to_checkpoint, write_tensors
 
 
 class TorchDataset(AbstractDataset[Any, Any]):
@@ -53,27 +47,10 @@ class TorchDataset(AbstractDataset[Any, Any]):
         self.metadata = metadata
 
     def load(self) -> Any:
-        path = Path(self._filepath)
-        if not path.exists():
-            raise ModelFileError(f"{path} does not exist. {self._missing_hint}".strip())
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except (
-            RuntimeError,
-            EOFError,
-            OSError,
-            ValueError,
-            pickle.UnpicklingError,
-            zipfile.BadZipFile,
-        ) as exc:
-            raise ModelFileError(
-                f"{path} is truncated or corrupted and cannot be read ({type(exc).__name__}). "
-                f"Delete it and produce it again. {self._missing_hint}".strip()
-            ) from exc
+        return read_tensors(self._filepath, self._missing_hint)
 
     def save(self, data: Any) -> None:
-        with atomic_path(self._filepath) as tmp:
-            torch.save(data, tmp)
+        write_tensors(data, self._filepath)
 
     def _exists(self) -> bool:
         return Path(self._filepath).exists()
@@ -95,30 +72,10 @@ class CVAEDataset(TorchDataset):
     """
 
     def load(self) -> CVAE:  # type: ignore[override]
-        return model_from_checkpoint(super().load(), str(self._filepath))
+        return from_checkpoint(super().load(), str(self._filepath))
 
     def save(self, data: CVAE) -> None:
-        super().save(model_to_checkpoint(data))
-
-
-def model_to_checkpoint(model: CVAE) -> dict[str, Any]:
-    """The model as plain data for ``torch.save``: its parameters and its weights (and prior)."""
-    return {"config": model.config.model_dump(), "state_dict": model.state_dict()}
-
-
-def model_from_checkpoint(checkpoint: Any, source: str) -> CVAE:
-    """Rebuild a model saved by :func:`model_to_checkpoint`; ``source`` names it in messages."""
-    if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
-        raise ModelFileError(f"{source} is not a CVAE saved by this project. Train it again.")
-    try:
-        model = CVAE(ModelParams(**checkpoint["config"]))
-        model.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, ValidationError, RuntimeError) as exc:
-        raise ModelFileError(
-            f"{source} does not match the model parameters saved in it: it was written by another "
-            f"version of cvae-mnist, or damaged. Train it again. ({str(exc).splitlines()[0]})"
-        ) from None
-    return model.eval()
+        super().save(to_checkpoint(data))
 
 
 class CheckpointStore:

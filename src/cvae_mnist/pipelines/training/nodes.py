@@ -12,7 +12,6 @@ from cvae_mnist.model import CVAE
 from cvae_mnist.params import ModelParams, TrainingParams
 from cvae_mnist.prior import fit_class_prior
 from cvae_mnist.runtime import select_device
-from cvae_mnist.serving import CVAEGenerator
 from cvae_mnist.training import History, Split
 from cvae_mnist.training import train_cvae as train
 
@@ -95,13 +94,14 @@ def history_to_mlflow_metrics(training_history: History) -> dict[str, list[dict[
     }
 
 
-def build_generator(cvae_model: CVAE) -> CVAEGenerator:
-    """Wrap the trained model as an MLflow pyfunc model that generates digits on request.
+def build_generator(cvae_model: CVAE) -> CVAE:
+    """Hand the trained model to ``cvae_generator``, which logs it to the MLflow run as the
+    servable pyfunc model of ``cvae_mnist.serving``.
 
     Args:
         cvae_model: The trained model, with its prior.
 
     Returns:
-        The pyfunc model; the catalog logs it to the run (``cvae_generator``).
+        The same model.
     """
-    return CVAEGenerator(cvae_model)
+    return cvae_model

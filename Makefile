@@ -41,7 +41,7 @@ viz-build: install  ## static Kedro-Viz site in ./build
 mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
-serve: install  ## serve the newest logged model on http://127.0.0.1:5001 (or MODEL=models:/<id>)
+serve: install  ## serve the registered champion on http://127.0.0.1:5001 (or MODEL=models:/<id>)
 	export PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=sqlite:///mlflow.db; \
 	model="$${MODEL:-$$(python -m cvae_mnist.serving)}" && \
 	mlflow models serve -m "$$model" --env-manager local --host 127.0.0.1 --port 5001

@@ -52,33 +52,41 @@ TINY_MODEL = {"image_size": 28, "num_classes": 10, "latent_dim": 4, "base_channe
 TINY_TRAINING = {"epochs": 2, "batch_size": 32, "test_batch_size": 32, "device": "cpu"}
 
 
-def make_test_project(root: Path, training: dict | None = None, n_train: int = 120, n_test: int = 40) -> Path:
+def make_test_project(
+    root: Path,
+    training: dict | None = None,
+    n_train: int = 120,
+    n_test: int = 40,
+    env: str = "test",
+    own_store: bool = True,
+) -> Path:
     """A copy of the project's configuration in ``root`` with tiny IDX files and an
-    environment ``test``: tiny model and training, and a private MLflow store."""
+    environment ``env`` (``local`` is the default one): a tiny model and training, and an
+    MLflow store of the copy's own. ``own_store`` names that store by its absolute path (so a
+    test process may run sessions from any folder); otherwise the base ``mlflow.yml``'s
+    relative one serves, as for a user who runs `kedro run` in the project."""
     shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
     (root / "conf" / "local").mkdir()
     shutil.copy(REPO / "pyproject.toml", root)
     (root / "src").mkdir()  # the package itself is the installed one; the served model
     (root / "src" / "cvae_mnist").symlink_to(REPO / "src" / "cvae_mnist")  # copies its code
     checksums = write_tiny_mnist(root / "data" / "01_raw" / "mnist", n_train=n_train, n_test=n_test)
-    test_env = root / "conf" / "test"
-    test_env.mkdir()
+    folder = root / "conf" / env
+    folder.mkdir(exist_ok=True)
     catalog = yaml.safe_load((REPO / "conf" / "base" / "catalog.yml").read_text())
     catalog["mnist_raw"].update(sha256=checksums, sources=[])
-    (test_env / "catalog.yml").write_text(yaml.safe_dump({"mnist_raw": catalog["mnist_raw"]}))
+    (folder / "catalog.yml").write_text(yaml.safe_dump({"mnist_raw": catalog["mnist_raw"]}))
     parameters = {
         "model": TINY_MODEL,
         "training": {**TINY_TRAINING, **(training or {})},
         "evaluation": {"batch_size": 16, "device": "cpu", "samples_per_class": 20},
         "classifier": {"epochs": 1},
     }
-    (test_env / "parameters.yml").write_text(yaml.safe_dump(parameters))
-    mlflow_conf = yaml.safe_load((REPO / "conf" / "base" / "mlflow.yml").read_text())
-    mlflow_conf["server"]["mlflow_tracking_uri"] = tracking_uri(root)
-    mlflow_conf["tracking"]["experiment"]["create_experiment_kwargs"]["artifact_location"] = (
-        root / "mlruns"
-    ).as_uri()
-    (test_env / "mlflow.yml").write_text(yaml.safe_dump(mlflow_conf))
+    (folder / "parameters.yml").write_text(yaml.safe_dump(parameters))
+    if own_store:  # merged key by key with conf/base/mlflow.yml
+        (folder / "mlflow.yml").write_text(
+            yaml.safe_dump({"server": {"mlflow_tracking_uri": tracking_uri(root)}})
+        )
     return root
 
 

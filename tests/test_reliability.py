@@ -144,7 +144,8 @@ def test_a_truncated_model_is_named_and_nothing_is_half_written(trained_project)
     last_line = result.stderr.strip().splitlines()[-1]
     assert (
         last_line.startswith("Error: ")
-        and "cvae.pt is truncated or corrupted and cannot be read" in last_line
+        and "cvae.pt is truncated, corrupted or not a file this project wrote, and cannot be read"
+        in last_line
     )
     assert "Traceback" not in result.stdout + result.stderr
     assert metrics.read_text() == before

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import linalg
 from torch import nn
 
 from cvae_mnist.params import ClassifierParams
@@ -88,10 +87,15 @@ def train_classifier(train: Split, params: ClassifierParams) -> DigitClassifier:
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets ``[N, D]``:
-    ``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` (Heusel et al. 2017)."""
+    ``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` (Heusel et al. 2017).
+
+    ``Tr((S_a S_b)^(1/2))`` is the sum of the square roots of the eigenvalues of the symmetric
+    ``S_a^(1/2) S_b S_a^(1/2)``, computed with ``eigh``: exact for singular covariances too
+    (rank-deficient features), where a general matrix square root is unstable."""
     mu_a, mu_b = features_a.mean(0), features_b.mean(0)
     cov_a = np.cov(features_a, rowvar=False)
     cov_b = np.cov(features_b, rowvar=False)
-    covmean = linalg.sqrtm(cov_a @ cov_b)
-    covmean = np.real(covmean)  # drop the tiny imaginary parts sqrtm leaves
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+    values, vectors = np.linalg.eigh(cov_a)
+    root_a = (vectors * np.sqrt(values.clip(min=0))) @ vectors.T
+    product = np.linalg.eigvalsh(root_a @ cov_b @ root_a).clip(min=0)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.sqrt(product).sum())

@@ -6,17 +6,26 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import re
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
+import yaml
+from kedro.config import BadConfigException, MissingConfigException
 from kedro.framework.cli.project import run as kedro_run
+from kedro.io import DatasetError
 from kedro.validation import ParameterValidationError
 
+import cvae_mnist.pipelines
 from cvae_mnist.errors import (
+    ConfigurationError,
     CvaeMnistError,
     ParameterError,
+    RunInterrupted,
     describe_problem,
     find_user_error,
     join_problems,
@@ -53,26 +62,57 @@ def describe_kedro_validation(error: ParameterValidationError) -> str:
 
 
 def user_error(error: BaseException) -> CvaeMnistError | None:
-    """The user's mistake behind ``error``, Kedro's parameter validation included, or None."""
+    """The user's mistake behind ``error``, or None: ours, Kedro's parameter validation, and
+    configuration files Kedro cannot read (bad YAML, a catalog entry it cannot build)."""
     cause: BaseException | None = error
     seen = set()
     while cause is not None and id(cause) not in seen:
         if isinstance(cause, ParameterValidationError):
             return ParameterError(describe_kedro_validation(cause))
+        config_mistake = isinstance(cause, yaml.YAMLError | BadConfigException | MissingConfigException) or (
+            isinstance(cause, DatasetError) and "when parsing config for dataset" in str(cause)
+        )
+        if config_mistake:
+            return ConfigurationError(" ".join(str(cause).split()))
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     return find_user_error(error)
 
 
+def _check_names(options: dict[str, Any]) -> None:
+    """Refuse an environment or a pipeline that does not exist, before anything starts."""
+    conf = Path(options.get("conf_source") or Path.cwd() / "conf")
+    env = options.get("env") or os.environ.get("KEDRO_ENV")
+    if env and conf.is_dir() and not (conf / env).is_dir():
+        known = sorted(p.name for p in conf.iterdir() if p.is_dir() and p.name != "base")
+        raise click.ClickException(
+            f"There is no environment {env!r} ({conf / env} does not exist); the environments are: {', '.join(known)}."
+        )
+    folder = Path(cvae_mnist.pipelines.__file__).parent
+    known = sorted(p.name for p in folder.iterdir() if (p / "pipeline.py").exists())
+    asked = [options.get("pipeline"), *(options.get("pipelines") or [])]
+    unknown = [name for name in asked if name and name != "__default__" and name not in known]
+    if unknown:
+        raise click.ClickException(
+            f"There is no pipeline {unknown[0]!r}; the pipelines are: {', '.join(known)}."
+        )
+
+
 def _report_user_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(callback)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _check_names(kwargs)
         try:
-            return callback(*args, **kwargs)
+            with warnings.catch_warnings():  # `kedro run --pipeline X` is this project's documented form
+                warnings.filterwarnings("ignore", message="Option '--pipeline' is deprecated")
+                return callback(*args, **kwargs)
         except Exception as error:
             mistake = user_error(error)
             if mistake is None:
                 raise
+            if isinstance(mistake, RunInterrupted):
+                click.echo(f"Error: {mistake}", err=True)
+                raise SystemExit(mistake.exit_code) from None
             raise click.ClickException(str(mistake)) from None
 
     return wrapper

@@ -6,6 +6,7 @@ traceback (see ``cvae_mnist.cli``); anything else is a bug and keeps its traceba
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,6 +23,10 @@ class ParameterError(CvaeMnistError, ValueError):
     """A parameter in ``conf/*/parameters*.yml`` or ``--params`` is invalid."""
 
 
+class ConfigurationError(CvaeMnistError, ValueError):
+    """A configuration file under ``conf/`` cannot be read or used."""
+
+
 class DataError(CvaeMnistError, ValueError):
     """A data file is missing, damaged or cannot be obtained."""
 
@@ -32,6 +37,27 @@ class ModelFileError(CvaeMnistError, ValueError):
 
 class TrainingDivergedError(CvaeMnistError, RuntimeError):
     """Training produced a non-finite loss."""
+
+
+class RunConflictError(CvaeMnistError, RuntimeError):
+    """Another run is writing into the same folders, or an input is stale."""
+
+
+class RunInterrupted(CvaeMnistError):
+    """The run was stopped by a signal (Ctrl-C is SIGINT); the shell's exit code is 128 + its number."""
+
+    def __init__(self, signal_number: int, signal_name: str) -> None:
+        super().__init__(
+            f"Interrupted by {signal_name}. What was complete is kept (for training, the checkpoint of "
+            "the last finished epoch: `kedro run --params training.resume=true` continues from it)."
+        )
+        self.exit_code = 128 + signal_number
+        self.signal_name = signal_name
+
+
+def redacted(text: str) -> str:
+    """``text`` with the user name and password of every URL in it replaced by ``***``."""
+    return re.sub(r"(\w[\w+.-]*://)[^/@\s]*@", r"\1***@", text)
 
 
 def find_user_error(error: BaseException | None) -> CvaeMnistError | None:

@@ -1,26 +1,47 @@
-"""Project hooks: the top level of the parameters checked before a run, MLflow tracking of
-typed parameters and failures, and the wall time of each node."""
+"""Project hooks: checks before a run (parameters, devices, other runs, stale inputs), the
+record of what made each file, and the wall time of each node. MLflow tracking is in
+``cvae_mnist.tracking``."""
 
 from __future__ import annotations
 
+import fcntl
+import importlib
 import logging
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-import mlflow
+import torch
 from kedro.framework.hooks import hook_impl
+from kedro.io import CachedDataset
+from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
-from kedro_mlflow.framework.hooks import MlflowHook
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from cvae_mnist.errors import ParameterError, describe_validation_error, find_user_error
+import cvae_mnist.pipelines
+from cvae_mnist import lineage
+from cvae_mnist.datasets import CheckpointDataset
+from cvae_mnist.errors import ParameterError, RunConflictError, describe_validation_error
 from cvae_mnist.params import ProjectParameters
+from cvae_mnist.saving import write_error
 
 logger = logging.getLogger(__name__)
 
 
+def local_file(dataset: Any) -> Path | None:
+    """The file a dataset reads and writes, or None (memory, folders, checkpoint handles)."""
+    if isinstance(dataset, CachedDataset):
+        dataset = dataset._dataset
+    if isinstance(dataset, CheckpointDataset):  # a handle the node reads and writes itself
+        return None
+    filepath = getattr(dataset, "_filepath", None)
+    return Path(str(filepath)) if filepath else None
+
+
 class ParametersHook:
-    """Refuse unknown top-level keys and a bad seed before anything else runs.
+    """Refuse unknown top-level keys, a bad seed and an unavailable device before anything runs.
 
     Reading ``context.params`` makes Kedro validate every section against the type hints
     of the nodes that read it; what is left to check is what no node's hint covers.
@@ -29,38 +50,168 @@ class ParametersHook:
     @hook_impl(tryfirst=True)
     def after_context_created(self, context: Any) -> None:
         try:
-            ProjectParameters.model_validate(context.params)
+            parameters = ProjectParameters.model_validate(context.params)
         except ValidationError as error:
             raise ParameterError(describe_validation_error(error)) from None
+        available = {
+            "cpu",
+            "auto",
+            *(["cuda"] * torch.cuda.is_available()),
+            *(["mps"] * torch.backends.mps.is_available()),
+        }
+        for section in ("training", "evaluation", "generation"):
+            device = getattr(parameters, section).device
+            if device not in available:
+                raise ParameterError(
+                    f"Parameter {section}.device = {device!r}, but no {device.upper()} device is available "
+                    "here; use auto (the best one found) or cpu."
+                )
 
 
-class MlflowTrackingHook(MlflowHook):
-    """kedro-mlflow's hook (its plugin registration is disabled in ``settings.py``), which
-    logs typed parameter sections field by field, flattened as ``training.lr``, and tags a
-    failed run with its error."""
+class RunLockHook:
+    """One run at a time writes into a folder: a second run that would write where another
+    is writing stops at once with a message naming it. The kernel releases the locks when
+    the process ends, however it ends."""
+
+    def __init__(self) -> None:
+        self._held: list[Any] = []
+
+    def release(self) -> None:
+        for handle in self._held:
+            handle.close()
+        self._held.clear()
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
+        self.release()
+        names = pipeline.all_outputs() | {
+            n for n in pipeline.inputs() if isinstance(catalog.get(n), CheckpointDataset)
+        }
+        folders = sorted({path.parent for name in names if (path := _writes(catalog.get(name))) is not None})
+        for folder in folders:
+            try:  # a folder the run cannot write into stops it here, before any work
+                folder.mkdir(parents=True, exist_ok=True)
+                tempfile.TemporaryFile(dir=folder).close()
+                handle = open(folder / ".kedro-run.lock", "a+")  # noqa: SIM115 - held until the run ends
+            except OSError as error:
+                self.release()
+                raise write_error(folder, error) from None
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                self.release()
+                raise RunConflictError(
+                    f"Another kedro run ({holder}) is writing into {folder}: wait for it to finish, or "
+                    "run in an environment whose folders are its own (see conf/*/globals.yml)."
+                ) from None
+            handle.truncate(0)
+            handle.write(
+                f"pid {os.getpid()}, --env {run_params.get('env') or 'local'}, since {time.strftime('%H:%M:%S')}"
+            )
+            handle.flush()
+            self._held.append(handle)
 
     @hook_impl
-    def before_node_run(self, node: Node, catalog: Any, inputs: dict[str, Any], is_async: bool) -> None:
-        plain = {key: v.model_dump() if isinstance(v, BaseModel) else v for key, v in inputs.items()}
-        super().before_node_run(node=node, catalog=catalog, inputs=plain, is_async=is_async)
+    def after_pipeline_run(self) -> None:
+        self.release()
 
     @hook_impl
-    def on_pipeline_error(
-        self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any
-    ) -> None:
-        run_id = self.run_id if self._is_mlflow_enabled else None
-        super().on_pipeline_error(error=error, run_params=run_params, pipeline=pipeline, catalog=catalog)
-        if run_id is not None:  # ended as FAILED by now
-            reason = find_user_error(error) or error
-            mlflow.MlflowClient().set_tag(run_id, "error", f"{type(reason).__name__}: {reason}"[:5000])
+    def on_pipeline_error(self) -> None:
+        self.release()
+
+
+def _writes(dataset: Any) -> Path | None:
+    if isinstance(dataset, CheckpointDataset):
+        return Path(str(dataset._filepath))
+    return local_file(dataset)
+
+
+class LineageHook:
+    """Stop a run that would use a stale input; record what made each file the run writes
+    (``cvae_mnist.lineage``)."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, dict[str, Any]] = {}
+        self._pending: dict[str, dict[str, Any]] = {}
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
+        self._catalog, self._records, self._pending = catalog, {}, {}
+        self._root = Path(run_params["project_path"])
+        parameters: dict[str, Any] = {}
+        for name, value in catalog["parameters"].load().items():
+            parameters.update(lineage.parameters_of(name, value))
+        found = {}
+        for name in sorted(pipeline.inputs()):
+            path = local_file(catalog.get(name))
+            record = lineage.read_record(path) if path is not None else None
+            if record is not None:
+                self._records[name] = record
+                found[name] = lineage.relative(path, self._root)
+        # a file made under other settings first: what made it stale is closest to the cause
+        reasons = [
+            lineage.changed_setting(shown, self._records[name], parameters) for name, shown in found.items()
+        ]
+        reasons += [
+            lineage.changed_source(shown, self._records[name], self._root) for name, shown in found.items()
+        ]
+        for name, reason in zip([*found, *found], reasons):
+            if reason:
+                env = run_params.get("env")
+                command = f"kedro run --pipeline {_pipeline_writing(name)}" + (f" --env {env}" if env else "")
+                raise RunConflictError(
+                    f"{reason}: rebuild it with `{command}`, or run with the parameters it was made with."
+                )
+
+    @hook_impl
+    def before_node_run(self, node: Node, inputs: dict[str, Any]) -> None:
+        parameters: dict[str, Any] = {}
+        sources: dict[str, Any] = {}
+        for name in node.inputs:
+            if name.startswith("params:"):
+                parameters.update(lineage.parameters_of(name.removeprefix("params:"), inputs[name]))
+                continue
+            made = self._records.get(name, {})
+            parameters.update(made.get("parameters", {}))
+            sources.update(made.get("inputs", {}))
+            path = local_file(self._catalog.get(name))
+            if path is not None and path.exists():
+                sources[lineage.relative(path, self._root)] = lineage.signature(path, made.get("file"))
+        self._pending[node.name] = {"node": node.name, "parameters": parameters, "inputs": sources}
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, node: Node) -> None:
+        import mlflow  # noqa: PLC0415 - only to name the run; tracking may be off
+
+        run = mlflow.active_run()
+        record = {**self._pending[node.name], "mlflow_run_id": run.info.run_id if run else None}
+        self._records[dataset_name] = record
+        path = local_file(self._catalog.get(dataset_name))
+        if path is not None and path.exists():
+            lineage.write_record(path, record)
+            self._records[dataset_name] = lineage.read_record(path) or record
+
+
+def _pipeline_writing(dataset: str) -> str:
+    """The name of the project's pipeline that writes ``dataset``."""
+    folder = Path(cvae_mnist.pipelines.__file__).parent
+    for name in sorted(p.name for p in folder.iterdir() if (p / "pipeline.py").exists()):
+        module = importlib.import_module(f"cvae_mnist.pipelines.{name}")
+        if dataset in module.create_pipeline().all_outputs():
+            return name
+    return "<the pipeline that writes it>"
 
 
 class NodeTimingHook:
-    """Log each node's wall time, a summary at the end, and log it to the MLflow run."""
+    """Log each node's wall time and, at the end, every node's share of the run."""
 
     def __init__(self) -> None:
         self._started: dict[str, float] = {}
         self.seconds: dict[str, float] = {}
+        self.total = 0.0
 
     @hook_impl
     def before_pipeline_run(self) -> None:
@@ -79,11 +230,7 @@ class NodeTimingHook:
 
     @hook_impl
     def after_pipeline_run(self) -> None:
-        total = time.perf_counter() - self._run_started
-        logger.info("Wall time of the pipeline run: %.2f s; by node:", total)
+        self.total = time.perf_counter() - self._run_started
+        logger.info("Wall time of the pipeline run: %.2f s; by node:", self.total)
         for name, seconds in sorted(self.seconds.items(), key=lambda item: -item[1]):
-            logger.info("%8.2f s %6.1f%%  %s", seconds, 100 * seconds / total, name)
-        if mlflow.active_run() is not None:
-            mlflow.log_metrics(
-                {f"seconds.{name}": s for name, s in self.seconds.items()} | {"seconds.total": total}
-            )
+            logger.info("%8.2f s %6.1f%%  %s", seconds, 100 * seconds / self.total, name)

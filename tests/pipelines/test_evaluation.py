@@ -70,20 +70,36 @@ def test_the_label_swap_figure_names_its_columns(model, data):
 def test_the_digit_classifier_is_reused_only_for_the_same_settings_and_data(data, tmp_path):
     train, test = data
     store = CheckpointDataset(filepath=str(tmp_path / "classifier.pt")).load()
-    settings = ClassifierParams(epochs=1, seed=0)
-    first = get_digit_classifier(store, train, test, settings)
-    assert get_digit_classifier(store, train, test, settings) is not first  # read back ...
+    settings, full = ClassifierParams(epochs=1, seed=0), IngestionParams()
+
+    def judge(train, settings, ingestion=full):
+        return get_digit_classifier(store, train, test, settings, ingestion)
+
+    first = judge(train, settings)
+    assert judge(train, settings) is not first  # read back ...
     reused = store.read()
     assert all(
         torch.equal(reused["state_dict"][k], v) for k, v in first["state_dict"].items()
     )  # ... unchanged
     smaller = {key: value[:60] for key, value in train.items()}
-    retrained = get_digit_classifier(store, smaller, test, settings)
+    retrained = judge(smaller, settings)
     assert retrained["config"]["n_train"] == 60 and store.read()["config"]["n_train"] == 60
     two_epochs = settings.model_copy(update={"epochs": 2})
-    assert get_digit_classifier(store, smaller, test, two_epochs)["config"]["epochs"] == 2
-    other_seed = get_digit_classifier(store, smaller, test, two_epochs.model_copy(update={"seed": 1}))
+    assert judge(smaller, two_epochs)["config"]["epochs"] == 2
+    other_seed = judge(smaller, two_epochs.model_copy(update={"seed": 1}))
     assert other_seed["config"]["seed"] == 1 and store.read()["config"]["seed"] == 1
+
+
+def test_a_classifier_of_a_data_subset_is_not_saved_over_the_shared_one(data, tmp_path):
+    train, test = data
+    store = CheckpointDataset(filepath=str(tmp_path / "classifier.pt")).load()
+    shared = get_digit_classifier(store, train, test, ClassifierParams(epochs=1), IngestionParams())
+    subset = {key: value[:60] for key, value in train.items()}
+    judged = get_digit_classifier(
+        store, subset, test, ClassifierParams(epochs=1), IngestionParams(n_train=60)
+    )
+    assert judged["config"]["n_train"] == 60  # this run is judged by the classifier of its data
+    assert store.read()["config"] == shared["config"]  # the shared one stays
 
 
 def test_the_top_level_seed_does_not_reach_the_digit_classifier():

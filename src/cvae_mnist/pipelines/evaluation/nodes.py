@@ -17,7 +17,7 @@ from cvae_mnist.inference import decode, encode, generate, likelihood_terms, rec
 from cvae_mnist.losses import reconstruction_loss
 from cvae_mnist.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from cvae_mnist.model import CVAE
-from cvae_mnist.params import DIGITS, ClassifierParams, EvaluationParams
+from cvae_mnist.params import DIGITS, ClassifierParams, EvaluationParams, IngestionParams
 from cvae_mnist.plotting import digit_grid_figure, show_grid
 from cvae_mnist.runtime import select_device
 from cvae_mnist.training import History, Split
@@ -106,16 +106,22 @@ def evaluate_likelihood(
 
 
 def get_digit_classifier(
-    digit_classifier: CheckpointStore, mnist_train: Split, mnist_test: Split, classifier: ClassifierParams
+    digit_classifier: CheckpointStore,
+    mnist_train: Split,
+    mnist_test: Split,
+    classifier: ClassifierParams,
+    data_ingestion: IngestionParams,
 ) -> dict[str, Any]:
     """The digit classifier: the saved one if it was trained with these parameters on as
-    many training images, else a new one, saved for the next runs.
+    many training images, else a new one. Only a classifier trained on all the training
+    images is saved for the next runs: it is the judge that every run shares.
 
     Args:
         digit_classifier: Where the classifier is kept.
         mnist_train: Training set it learns from.
         mnist_test: Test set it is scored on.
         classifier: The ``classifier`` parameters, with its own seed.
+        data_ingestion: The ``data_ingestion`` parameters: the full data or a subset.
 
     Returns:
         ``{"config", "state_dict", "test_accuracy"}``.
@@ -131,7 +137,15 @@ def get_digit_classifier(
     accuracy = float((predicted == mnist_test["labels"]).float().mean())
     logger.info("Digit classifier trained: %.2f%% accuracy on the test set", 100 * accuracy)
     saved = {"config": config, "state_dict": model.state_dict(), "test_accuracy": accuracy}
-    digit_classifier.write(saved)
+    if data_ingestion.n_train is None:
+        digit_classifier.write(saved)
+    else:
+        logger.warning(
+            "This digit classifier learned from %d images (data_ingestion.n_train), not all: it judges "
+            "this run only and is not saved to %s",
+            len(mnist_train["labels"]),
+            digit_classifier.filepath,
+        )
     return saved
 
 

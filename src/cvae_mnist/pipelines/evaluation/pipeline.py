@@ -55,7 +55,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 func=get_digit_classifier,
-                inputs=["digit_classifier", "mnist_train", "mnist_test", "params:classifier"],
+                inputs=[
+                    "digit_classifier",
+                    "mnist_train",
+                    "mnist_test",
+                    "params:classifier",
+                    "params:data_ingestion",
+                ],
                 outputs="trained_digit_classifier",
                 name="get_digit_classifier_node",
             ),

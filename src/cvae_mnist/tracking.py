@@ -1,0 +1,188 @@
+"""MLflow tracking of the project's runs, through kedro-mlflow.
+
+``MlflowTrackingHook`` is kedro-mlflow's hook (its plugin registration is disabled in
+``settings.py``) with what a team reading the runs needs: typed parameter sections logged
+field by field; runs named by environment, pipeline and time and tagged with the git
+commit; no absolute paths or object reprs in tags; a failed run tagged with its error and
+an interrupted one (Ctrl-C, SIGTERM) marked KILLED; node timings as one artifact instead of
+a chart each; the test metrics logged on the model they score; and, after a full default
+run, the model registered as ``cvae_generator`` with the alias ``champion`` that
+``make serve`` serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from kedro.framework.hooks import hook_impl
+from kedro.pipeline import Pipeline
+from kedro.pipeline.node import Node
+from kedro_mlflow.framework.hooks import MlflowHook
+from mlflow.entities import RunStatus
+from pydantic import BaseModel
+
+from cvae_mnist import lineage
+from cvae_mnist.errors import RunInterrupted, find_user_error, redacted
+from cvae_mnist.hooks import NodeTimingHook, local_file
+from cvae_mnist.serving import CHAMPION, MODEL_NAME
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ENVS = (None, "local", "base")
+
+
+class MlflowTrackingHook(MlflowHook):
+    def __init__(self, timings: NodeTimingHook) -> None:
+        super().__init__()
+        self._timings = timings
+        self._handlers: dict[int, Any] = {}
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        super().after_context_created(context=context)
+        if self._is_mlflow_enabled and not self._already_active_mlflow:
+            relocate_store(self.mlflow_config.server.mlflow_tracking_uri, Path(context.project_path))
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
+        names = run_params.get("pipeline_names") or ["__default__"]
+        env = run_params.get("env") or "local"
+        if self.mlflow_config.tracking.run.name is None:
+            shown = "+".join("default" if name == "__default__" else name for name in names)
+            self.mlflow_config.tracking.run.name = f"{env} {shown} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        runner = re.sub(r"^<(?:[\w.]+\.)?(\w+) object at 0x\w+>$", r"\1", str(run_params.get("runner")))
+        tags = {**run_params, "project_path": None, "runner": runner, "env": env}
+        super().before_pipeline_run(run_params=tags, pipeline=pipeline, catalog=catalog)
+        self._catalog, self._project = catalog, Path(run_params["project_path"])
+        # only a full default run registers its model: default pipeline and environment, no --params
+        self._default_run = (
+            names == ["__default__"]
+            and run_params.get("env") in DEFAULT_ENVS
+            and not run_params.get("runtime_params")
+        )
+        if self.run_id is not None:
+            commit = _git_commit(self._project)
+            mlflow.set_tags({"mlflow.source.git.commit": commit} if commit else {})
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self._handlers[number] = signal.signal(number, _raise_interrupted)
+
+    @hook_impl
+    def before_node_run(self, node: Node, catalog: Any, inputs: dict[str, Any], is_async: bool) -> None:
+        plain = {key: v.model_dump() if isinstance(v, BaseModel) else v for key, v in inputs.items()}
+        super().before_node_run(node=node, catalog=catalog, inputs=plain, is_async=is_async)
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
+        self._restore_signals()
+        if self.run_id is not None and mlflow.active_run() is not None:
+            mlflow.log_dict(
+                {"seconds": self._timings.seconds, "total": self._timings.total}, "node_seconds.json"
+            )
+            mlflow.log_metric("seconds_total", self._timings.total)
+            self._link_model(pipeline)
+        super().after_pipeline_run(run_params=run_params, pipeline=pipeline, catalog=catalog)
+
+    @hook_impl
+    def on_pipeline_error(
+        self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any
+    ) -> None:
+        self._restore_signals()
+        run_id = self.run_id if self._is_mlflow_enabled else None
+        super().on_pipeline_error(error=error, run_params=run_params, pipeline=pipeline, catalog=catalog)
+        if run_id is None:
+            return
+        client = mlflow.MlflowClient()
+        reason = find_user_error(error) or error
+        client.set_tag(run_id, "error", redacted(f"{type(reason).__name__}: {reason}")[:5000])
+        if isinstance(reason, RunInterrupted):
+            client.set_tag(run_id, "interrupted", reason.signal_name)
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+
+    def _restore_signals(self) -> None:
+        for number, handler in self._handlers.items():
+            signal.signal(number, handler)
+        self._handlers.clear()
+
+    def _link_model(self, pipeline: Pipeline) -> None:
+        """Tag the run with the logged model it scored, log the test metrics on that model,
+        and after a full default run register it as the champion."""
+        model_run = self.run_id
+        if "cvae_model" in pipeline.inputs():  # scored a model that an earlier run trained
+            path = local_file(self._catalog.get("cvae_model"))
+            record = lineage.read_record(path) if path is not None else None
+            model_run = record.get("mlflow_run_id") if record else None
+        models = mlflow.search_logged_models(
+            filter_string=f"source_run_id = '{model_run}' AND name = '{MODEL_NAME}'", output_format="list"
+        ) if model_run else []  # fmt: skip
+        if not models:
+            return
+        model = models[0]
+        mlflow.set_tags({"scored_model": f"models:/{model.model_id}", "scored_model_run": model_run})
+        metrics = {k: v for k, v in mlflow.get_run(self.run_id).data.metrics.items() if k.startswith("test.")}
+        if metrics:
+            mlflow.log_metrics(metrics, model_id=model.model_id)
+        if self._default_run and metrics and model_run == self.run_id and _full_data(self._catalog):
+            version = mlflow.register_model(f"models:/{model.model_id}", MODEL_NAME)
+            mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, CHAMPION, version.version)
+            logger.info("Registered %s version %s as @%s", MODEL_NAME, version.version, CHAMPION)
+
+
+def _raise_interrupted(number: int, frame: Any) -> None:
+    raise RunInterrupted(number, signal.Signals(number).name)
+
+
+def _full_data(catalog: Any) -> bool:
+    ingestion = catalog["parameters"].load()["data_ingestion"]
+    return ingestion.n_train is None and ingestion.n_test is None
+
+
+def _git_commit(project: Path) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def relocate_store(tracking_uri: str, project: Path) -> None:
+    """Point a project's own SQLite store at the project's ``mlruns/`` after the project moved.
+
+    MLflow keeps artifact locations as absolute paths, so a copied project would write its
+    artifacts into the original's ``mlruns/``: the paths under another project's ``mlruns/``
+    are rewritten to this one's (only for a store inside the project)."""
+    match = re.fullmatch(r"sqlite:///(.+)", tracking_uri or "")
+    database = Path(match[1]) if match else None
+    if database is None or not database.is_absolute():
+        database = project / database if database else None
+    if database is None or not database.exists() or project.resolve() not in database.resolve().parents:
+        return
+    here = str(project.resolve() / "mlruns")
+    columns = {
+        "experiments": "artifact_location",
+        "runs": "artifact_uri",
+        "logged_models": "artifact_location",
+    }
+    with sqlite3.connect(database) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        locations = [row[0] for row in connection.execute("SELECT artifact_location FROM experiments")]
+        old_roots = {
+            m[1] for loc in locations if (m := re.match(r"^(?:file://)?(/.*?/mlruns)(?:/|$)", loc or ""))
+        }
+        for old in old_roots - {here}:
+            for table, column in columns.items():
+                if table in tables:
+                    connection.execute(
+                        f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE {column} LIKE ?",  # noqa: S608
+                        (old, here, f"%{old}%"),
+                    )
+            logger.info("The MLflow store's artifact locations moved from %s to %s", old, here)

@@ -1,0 +1,285 @@
+"""A hostile but fair user: concurrent runs, stale inputs, interrupts, names that do not
+exist, unreadable configuration, unwritable folders, secrets. Real `kedro run` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cvae_mnist.cli import cli
+from cvae_mnist.datasets import CVAEDataset
+from cvae_mnist.saving import write_tensors
+from mnist_fixtures import make_test_project, run_session, tracking_uri
+
+KEDRO = str(Path(sys.executable).parent / "kedro")
+CHILD_ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+
+
+def _run(project: Path, *args: str, **popen) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [KEDRO, "run", "--env", "test", *args],
+        cwd=project,
+        env=CHILD_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        **popen,
+    )
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The run failed with exit code 1, without a traceback, with one `Error:` line."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, output[-3000:]
+    return errors[0]
+
+
+def _runs(project: Path) -> list:
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(project))
+    return client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], order_by=["start_time DESC"]
+    )
+
+
+def _temporary_files(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if ".tmp-" in path.name]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    project = make_test_project(tmp_path_factory.mktemp("hostile"))
+    result = _run(project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return project
+
+
+def test_a_second_run_into_the_same_folders_stops_at_once_and_the_first_finishes(tmp_path):
+    project = make_test_project(tmp_path, training={"epochs": 40}, n_train=600)
+    first = subprocess.Popen(
+        [KEDRO, "run", "--env", "test"],
+        cwd=project,
+        env=CHILD_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lock = project / "data" / "06_models" / ".kedro-run.lock"
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text()) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = _run(project, "--params", "seed=2")
+    line = _one_error_line(second)
+    assert "Another kedro run (pid " in line and "is writing into" in line, line
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    (run,) = _runs(project)  # the refused run left no MLflow run
+    assert run.data.params["seed"] == "1" and run.info.status == "FINISHED"
+
+
+def test_the_evaluation_scores_the_model_object_its_own_run_trained(tmp_path, monkeypatch):
+    project = make_test_project(tmp_path)
+    loads = []
+    load = CVAEDataset.load
+    monkeypatch.setattr(CVAEDataset, "load", lambda self: loads.append(self) or load(self))
+    run_session(project)
+    assert (project / "data" / "08_reporting" / "metrics.csv").exists()
+    assert loads == []  # every node after training used the model in memory, never a re-read of cvae.pt
+    run_session(project, "evaluation")
+    assert len(loads) == 1  # an evaluation alone reads it once, for all its nodes
+
+
+def test_a_stale_input_stops_the_run_naming_it_and_the_command_that_rebuilds_it(project):
+    metrics = project / "data" / "08_reporting" / "metrics.csv"
+    classifier = project / "data" / "06_models" / "digit_classifier.pt"
+    shared = classifier.read_bytes()
+    subset = _run(project, "--pipeline", "data_ingestion", "--params", "data_ingestion.n_test=20")
+    assert subset.returncode == 0, subset.stderr[-3000:]
+    before = metrics.read_text()
+    line = _one_error_line(_run(project, "--pipeline", "evaluation"))
+    assert line == (
+        "Error: data/05_model_input/mnist_test.pt was made with data_ingestion.n_test = 20, and the parameters "
+        "now give null: rebuild it with `kedro run --pipeline data_ingestion --env test`, or run with the "
+        "parameters it was made with."
+    )
+    assert metrics.read_text() == before
+    # a model trained on other data is stale too, and a subset's classifier never replaces the shared one
+    subset = _run(project, "--params", "data_ingestion.n_train=60")
+    assert subset.returncode == 0, subset.stderr[-3000:]
+    assert classifier.read_bytes() == shared
+    ingested = _run(project, "--pipeline", "data_ingestion")
+    assert ingested.returncode == 0, ingested.stderr[-3000:]
+    line = _one_error_line(_run(project, "--pipeline", "evaluation"))
+    assert line.startswith("Error: data/06_models/cvae.pt was made with data_ingestion.n_train = 60"), line
+    assert "rebuild it with `kedro run --pipeline training --env test`" in line
+    assert _run(project, "--pipeline", "training").returncode == 0
+    assert _run(project, "--pipeline", "evaluation").returncode == 0
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_is_marked_killed_keeps_its_checkpoint_and_no_temporary_file(
+    tmp_path, signal_number
+):
+    project = make_test_project(tmp_path, training={"epochs": 400}, n_train=600)
+    process = subprocess.Popen(
+        [KEDRO, "run", "--env", "test"],
+        cwd=project,
+        env=CHILD_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    checkpoint = project / "data" / "06_models" / "checkpoint.pt"
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal_number)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal_number, output[-3000:]
+    assert f"Error: Interrupted by {signal.Signals(signal_number).name}." in output
+    (run,) = _runs(project)
+    assert run.info.status == "KILLED" and run.data.tags["interrupted"] == signal.Signals(signal_number).name
+    assert torch.load(checkpoint, weights_only=True)["epoch"] >= 1
+    assert not _temporary_files(project / "data")
+
+
+def test_a_device_that_is_not_there_is_refused_before_training(project):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    model = project / "data" / "06_models" / "cvae.pt"
+    before = model.stat().st_mtime_ns
+    line = _one_error_line(_run(project, "--params", "evaluation.device=cuda"))
+    assert "evaluation.device = 'cuda', but no CUDA device is available here" in line
+    assert model.stat().st_mtime_ns == before
+
+
+def _cli(project: Path, monkeypatch, *args: str):
+    monkeypatch.chdir(project)
+    return CliRunner().invoke(cli, ["run", *args])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--pipeline", "nosuch"],
+            "Error: There is no pipeline 'nosuch'; the pipelines are: data_ingestion, evaluation,",
+        ),
+        (["--env", "nosuch"], "Error: There is no environment 'nosuch' ("),
+    ],
+)
+def test_a_pipeline_or_environment_that_does_not_exist(project, monkeypatch, args, message):
+    result = _cli(project, monkeypatch, *args)
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "message"),
+    [
+        ("parameters_more.yml", "training:\n  epochs: [1\n", "Error: Invalid YAML or JSON file"),
+        (
+            "catalog_more.yml",
+            "metrics:\n  typo: pandas.CSVDataset\n",
+            "'type' is missing from dataset catalog",
+        ),
+        (
+            "catalog_more.yml",
+            "metrics:\n  type: pandas.NoSuch\n  filepath: m.csv\n",
+            "Dataset 'NoSuch' not found",
+        ),
+    ],
+)
+def test_a_configuration_file_kedro_cannot_use_is_one_line(project, monkeypatch, file, text, message):
+    extra = project / "conf" / "test" / file
+    extra.write_text(text)
+    try:
+        result = _cli(project, monkeypatch, "--env", "test")
+    finally:
+        extra.unlink()
+    assert result.exit_code == 1 and message in result.output, result.output[-3000:]
+    assert "Traceback" not in result.output and result.output.strip().splitlines()[-1].startswith("Error:")
+
+
+def _unwritable(folder: Path) -> list[str]:
+    """Make ``folder`` unwritable (root can still write where modes forbid it: the immutable flag)."""
+    if os.geteuid() == 0 and shutil.which("chattr"):
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+        return ["chattr", "-i", str(folder)]
+    folder.chmod(0o555)
+    return ["chmod", "755", str(folder)]
+
+
+def test_a_folder_the_run_cannot_write_stops_it_before_any_work(project):
+    folder = project / "data" / "08_reporting"
+    metrics = (folder / "metrics.csv").read_text()
+    undo = _unwritable(folder)
+    try:
+        if os.access(folder, os.W_OK) and os.geteuid() != 0:
+            pytest.skip("cannot make a folder unwritable here")
+        result = _run(project, "--pipeline", "evaluation")
+    finally:
+        subprocess.run(undo, check=True)
+    line = _one_error_line(result)
+    assert line.startswith(f"Error: Cannot write {folder}: permission denied."), line
+    assert (folder / "metrics.csv").read_text() == metrics and not _temporary_files(folder)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path):
+    project = make_test_project(tmp_path, n_train=3000)
+    assert _run(project, "--pipeline", "data_ingestion").returncode == 0  # creates the MLflow store first
+    (project / "data" / "05_model_input" / "mnist_train.pt").unlink()
+    store = (project / "mlflow.db").stat().st_size
+
+    def limit_file_size() -> None:  # writes past the limit fail like on a full disk (EFBIG)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (store + 2**20, store + 2**20))
+
+    line = _one_error_line(_run(project, "--pipeline", "data_ingestion", preexec_fn=limit_file_size))
+    assert line.startswith(
+        f"Error: Cannot write {project}/data/05_model_input/mnist_train.pt: File too large."
+    ), line
+    assert not (project / "data" / "05_model_input" / "mnist_train.pt").exists()
+    assert not _temporary_files(project / "data")
+
+
+def test_credentials_in_a_mirror_url_are_never_shown_or_stored(tmp_path):
+    project = make_test_project(tmp_path)
+    for name in (project / "data" / "01_raw" / "mnist").iterdir():
+        name.unlink()  # nothing local: the mirror is asked
+    (project / "conf" / "test" / "globals.yml").write_text(
+        'mnist_mirror: "http://alice:s3cret@127.0.0.1:9/mnist"\n'
+    )
+    result = _run(project)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Could not obtain the MNIST file(s)" in output
+    assert "http://***@127.0.0.1:9/mnist" in output
+    log = (project / "info.log").read_text() if (project / "info.log").exists() else ""
+    (run,) = _runs(project)
+    assert "s3cret" not in output + log + json.dumps(run.data.tags)
+
+
+def test_a_write_cleans_what_a_killed_writer_left_and_a_foreign_file_gets_plain_advice(tmp_path):
+    target = tmp_path / "cvae.pt"
+    leftover = tmp_path / ".cvae.tmp-abc123.pt"
+    leftover.write_bytes(b"")  # a writer killed between creating and renaming its file
+    write_tensors({"w": torch.ones(2)}, target)
+    assert not leftover.exists() and target.exists()
+    target.write_bytes(b"not a torch file")
+    with pytest.raises(Exception) as error:
+        CVAEDataset(filepath=str(target)).load()
+    assert "weights_only" not in str(error.value) and "Delete it and produce it again" in str(error.value)

@@ -1,0 +1,141 @@
+"""MLflow as a team reads it: run names and tags, evaluation runs linked to the model they
+scored, node timings out of the curves' way, a relocatable store, a quiet start."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from cvae_mnist.serving import MODEL_NAME
+from mnist_fixtures import make_test_project, tracking_uri
+
+KEDRO = str(Path(sys.executable).parent / "kedro")
+CHILD_ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+
+
+def _run(project: Path, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [KEDRO, "run", *args],
+        cwd=project,
+        env=CHILD_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return result
+
+
+def _client(project: Path, uri: str | None = None) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=uri or tracking_uri(project))
+
+
+def _runs(client: mlflow.MlflowClient) -> list:
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, order_by=["start_time ASC"])
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A git checkout of a tiny project, trained by `kedro run --env test`, then evaluated alone."""
+    project = make_test_project(tmp_path_factory.mktemp("tracked"))
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
+        cwd=project,
+        check=True,
+    )
+    full = _run(project, "--env", "test")
+    _run(project, "--env", "test", "--pipeline", "evaluation")
+    return project, full
+
+
+def test_runs_are_named_and_tagged_for_people_not_for_the_machine(project):
+    project, _ = project
+    training, evaluation = _runs(_client(project))
+    assert training.info.run_name.startswith("test default 20") and evaluation.info.run_name.startswith(
+        "test evaluation 20"
+    )
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True
+    )
+    commit = head.stdout.strip()
+    for run in (training, evaluation):
+        tags = run.data.tags
+        assert tags["env"] == "test" and tags["runner"] == "SequentialRunner"
+        assert tags["mlflow.source.git.commit"] == commit
+        stored = json.dumps({k: v for k, v in tags.items() if k != "mlflow.source.name"})
+        assert str(project) not in stored and " object at 0x" not in stored
+
+
+def test_parameters_are_flattened_with_a_partial_mlflow_yml(project):
+    project, _ = project
+    assert set((project / "conf" / "test" / "mlflow.yml").read_text().split()) == {
+        "server:",
+        "mlflow_tracking_uri:",
+        tracking_uri(project),
+    }
+    training, _ = _runs(_client(project))
+    assert training.data.params["training.epochs"] == "2" and training.data.params["model.latent_dim"] == "4"
+
+
+def test_node_timings_are_one_artifact_not_a_chart_each(project, tmp_path):
+    project, _ = project
+    client = _client(project)
+    training, _ = _runs(client)
+    assert not [key for key in training.data.metrics if key.startswith("seconds.")]
+    timings = json.loads(
+        Path(client.download_artifacts(training.info.run_id, "node_seconds.json", str(tmp_path))).read_text()
+    )
+    assert {"train_cvae_node", "evaluate_likelihood_node"} <= set(timings["seconds"]) and timings["total"] > 0
+
+
+def test_an_evaluation_run_names_the_model_it_scored_and_logs_its_metrics_on_it(project):
+    project, _ = project
+    client = _client(project)
+    training, evaluation = _runs(client)
+    mlflow.set_tracking_uri(tracking_uri(project))
+    (model,) = mlflow.search_logged_models(
+        experiment_ids=[training.info.experiment_id],
+        filter_string=f"name = '{MODEL_NAME}'",
+        output_format="list",
+    )
+    assert model.source_run_id == training.info.run_id
+    for run in (training, evaluation):
+        assert run.data.tags["scored_model"] == f"models:/{model.model_id}"
+        assert run.data.tags["scored_model_run"] == training.info.run_id
+    on_model = {(m.key, m.run_id) for m in client.get_logged_model(model.model_id).metrics}
+    assert ("test.bce_per_image", training.info.run_id) in on_model
+    assert ("test.bce_per_image", evaluation.info.run_id) in on_model
+
+
+def test_the_start_is_quiet_until_the_first_node(project):
+    _, full = project
+    before_first_node = (full.stdout + full.stderr).split("Running node")[0]
+    assert "WARNING" not in before_first_node and "Warning" not in before_first_node, before_first_node[
+        -3000:
+    ]
+
+
+def test_a_copied_project_writes_only_into_its_own_store(tmp_path):
+    original = make_test_project(tmp_path / "original", env="local", own_store=False)
+    _run(original, "--pipeline", "data_ingestion")
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy, symlinks=True)
+    before = sorted(p.relative_to(original) for p in (original / "mlruns").rglob("*"))
+    _run(copy, "--pipeline", "data_ingestion")
+    assert sorted(p.relative_to(original) for p in (original / "mlruns").rglob("*")) == before
+    client = _client(copy, f"sqlite:///{copy / 'mlflow.db'}")
+    runs = _runs(client)
+    assert len(runs) == 2 and all(
+        run.info.artifact_uri.startswith((copy / "mlruns").as_uri()) for run in runs
+    )
+    assert all(str(copy / "mlruns") in e.artifact_location for e in client.search_experiments())

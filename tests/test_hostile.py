@@ -81,7 +81,11 @@ def test_a_second_run_into_the_same_folders_stops_at_once_and_the_first_finishes
     )
     lock = project / "data" / "06_models" / ".kedro-run.lock"
     deadline = time.monotonic() + 120
-    while not (lock.exists() and lock.read_text()) and first.poll() is None and time.monotonic() < deadline:
+    while (
+        not (lock.exists() and f"pid {first.pid}," in lock.read_text())
+        and first.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     second = _run(project, "--params", "seed=2")
     line = _one_error_line(second)
@@ -90,6 +94,7 @@ def test_a_second_run_into_the_same_folders_stops_at_once_and_the_first_finishes
     assert first.returncode == 0, stderr[-3000:]
     (run,) = _runs(project)  # the refused run left no MLflow run
     assert run.data.params["seed"] == "1" and run.info.status == "FINISHED"
+    assert lock.read_text() == ""  # released, and no holder named any more
 
 
 def test_the_evaluation_scores_the_model_object_its_own_run_trained(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """The typed parameters: their defaults, the report's environment, and one-line messages."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,21 @@ def test_kedros_own_validation_error_becomes_one_line(validator, changes, messag
 def test_kedro_hands_the_nodes_typed_sections(validator):
     validated = validator.validate_raw_params(_parameters("base"))
     assert isinstance(validated["training"], TrainingParams) and validated["training"] == TrainingParams()
+
+
+def test_the_conf_local_examples_are_valid_and_merge_key_by_key(tmp_path):
+    shutil.copytree(CONF, tmp_path / "conf")
+    shutil.copytree(CONF / "local-example", tmp_path / "conf" / "local", dirs_exist_ok=True)
+    args = {k: v for k, v in CONFIG_LOADER_ARGS.items() if k != "default_run_env"}
+    loader = OmegaConfigLoader(str(tmp_path / "conf"), env="local", **args)
+    loader.config_patterns.update({"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]})
+    parameters = ProjectParameters.model_validate(loader["parameters"])
+    assert parameters.training.epochs == 2 and parameters.training.batch_size == 128  # one key changed
+    mlflow_conf = loader["mlflow"]
+    assert mlflow_conf["tracking"]["experiment"]["name"] == "cvae_mnist_mine"
+    assert mlflow_conf["tracking"]["params"]["dict_params"]["flatten"] is True  # the rest kept
+    assert mlflow_conf["server"]["mlflow_tracking_uri"] == "sqlite:///mlflow.db"
+    assert set(loader["credentials"]["mlflow_credentials"]) == {
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+    }

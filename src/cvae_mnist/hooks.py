@@ -78,6 +78,7 @@ class RunLockHook:
 
     def release(self) -> None:
         for handle in self._held:
+            handle.truncate(0)  # no holder named any more
             handle.close()
         self._held.clear()
 

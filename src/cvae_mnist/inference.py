@@ -4,22 +4,34 @@ evaluation, the figures, the generation pipeline and the served model all use.""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from cvae_mnist.losses import reconstruction_loss
 from cvae_mnist.model import CVAE
+from cvae_mnist.runtime import progress
+
+
+def _starts(n: int, batch_size: int, description: str | None) -> Iterable[int]:
+    return progress(range(0, n, batch_size), math.ceil(n / batch_size), description)
 
 
 @torch.inference_mode()
 def encode(
-    model: CVAE, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device
+    model: CVAE,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    description: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The posterior q(z | x, y) of each image: ``(mu, logvar)``, each ``[N, latent_dim]`` on the CPU."""
+    """The posterior q(z | x, y) of each image: ``(mu, logvar)``, each ``[N, latent_dim]`` on the
+    CPU; with a progress bar named ``description`` if one is given."""
     model.eval().to(device)
     mus, logvars = [], []
-    for start in range(0, len(images), batch_size):
+    for start in _starts(len(images), batch_size, description):
         mu, logvar = model.encode(
             images[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
         )
@@ -30,25 +42,35 @@ def encode(
 
 @torch.inference_mode()
 def reconstruct(
-    model: CVAE, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device
+    model: CVAE,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    description: str | None = None,
 ) -> torch.Tensor:
     """Decode the posterior mean of each image: Bernoulli logits on the CPU, ``[N, 1, H, W]``.
 
     Decoding ``mu`` (not a sample of z) gives the model's deterministic best guess,
     so the metrics do not depend on a random draw.
     """
-    mu, _ = encode(model, images, labels, batch_size, device)
+    mu, _ = encode(model, images, labels, batch_size, device, description)
     return decode(model, mu, labels, batch_size, device)
 
 
 @torch.inference_mode()
 def decode(
-    model: CVAE, z: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device
+    model: CVAE,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    description: str | None = None,
 ) -> torch.Tensor:
     """Bernoulli logits ``[N, 1, H, W]`` on the CPU of latent vectors ``z`` under ``labels``."""
     model.eval().to(device)
     out = []
-    for start in range(0, len(z), batch_size):
+    for start in _starts(len(z), batch_size, description):
         out.append(
             model.decode(
                 z[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
@@ -61,7 +83,12 @@ def decode(
 
 @torch.inference_mode()
 def generate(
-    model: CVAE, labels: torch.Tensor, seed: int, device: torch.device, batch_size: int = 1000
+    model: CVAE,
+    labels: torch.Tensor,
+    seed: int,
+    device: torch.device,
+    batch_size: int = 1000,
+    description: str | None = None,
 ) -> torch.Tensor:
     """Decode one draw of the model's prior p(z | y) per label: images in [0, 1] on the CPU.
 
@@ -74,7 +101,7 @@ def generate(
     noise = torch.randn(len(labels), model.config.latent_dim, generator=generator)
     uniform = torch.rand(len(labels), generator=generator)  # picks mixture components
     z = model.prior_sample(labels.to(device), noise.to(device), uniform.to(device))
-    return torch.sigmoid(decode(model, z, labels, batch_size, device))
+    return torch.sigmoid(decode(model, z, labels, batch_size, device, description))
 
 
 @torch.inference_mode()
@@ -86,6 +113,7 @@ def likelihood_terms(
     batch_size: int,
     device: torch.device,
     seed: int,
+    description: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-image terms of the likelihood, in nats, with ``samples`` draws of z ~ q(z | x, y).
 
@@ -100,7 +128,7 @@ def likelihood_terms(
     generator = torch.Generator().manual_seed(seed)
     chunk = max(1, batch_size // samples)  # images per step: chunk * samples decodes at once
     out: dict[str, list[torch.Tensor]] = {"kl": [], "reconstruction": [], "neg_elbo": [], "iw_nll": []}
-    for start in range(0, len(images), chunk):
+    for start in _starts(len(images), chunk, description):
         x = images[start : start + chunk].to(device)
         y = labels[start : start + chunk].to(device)
         mu, logvar = (t.float() for t in model.encode(x, y))

@@ -17,6 +17,7 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from cvae_mnist.model import CVAE
+from cvae_mnist.runtime import progress
 
 REGULARIZATION = 1e-4  # added to each covariance's diagonal: keeps it positive definite
 
@@ -42,7 +43,7 @@ def fit_class_prior(
     draws = mu.double() + torch.exp(0.5 * logvar.double()) * torch.randn(
         mu.shape, generator=generator, dtype=torch.float64
     )
-    for k in range(model.config.num_classes):
+    for k in progress(range(model.config.num_classes), model.config.num_classes, "fitting the prior, class"):
         codes = draws[labels == k].numpy()
         if len(codes) < max(components, 2):
             raise ValueError(

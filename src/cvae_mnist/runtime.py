@@ -1,11 +1,17 @@
-"""Device choice and seeding: where and how reproducibly torch runs."""
+"""Device choice, seeding and progress bars: where, how reproducibly and how visibly torch runs."""
 
 from __future__ import annotations
 
 import random
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -46,3 +52,12 @@ def mixed_precision_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
+
+
+def progress(items: Iterable[T], total: int, description: str | None) -> Iterator[T] | Iterable[T]:
+    """``items`` with a progress bar named ``description`` (none if it is None). In a terminal it
+    redraws every second; in a log (not a terminal) it writes a line every 30 s at most."""
+    if description is None:
+        return items
+    interval = 1.0 if sys.stderr.isatty() else 30.0
+    return tqdm(items, total=total, desc=description, unit="batch", mininterval=interval, leave=False)

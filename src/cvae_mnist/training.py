@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -21,7 +20,6 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from cvae_mnist.augmentation import random_affine
 from cvae_mnist.errors import ModelFileError, TrainingDivergedError
@@ -29,7 +27,7 @@ from cvae_mnist.fastpath import accelerated
 from cvae_mnist.losses import cvae_loss
 from cvae_mnist.model import CVAE
 from cvae_mnist.params import ModelParams, TrainingParams
-from cvae_mnist.runtime import mixed_precision_dtype, seed_everything, select_device
+from cvae_mnist.runtime import mixed_precision_dtype, progress, seed_everything, select_device
 
 logger = logging.getLogger(__name__)
 
@@ -125,14 +123,10 @@ class Trainer:
         """One pass over ``data`` in shuffled batches; returns the mean terms per image."""
         self.model.train()
         sums: dict[str, float] = {}
-        progress = tqdm(
-            batches(data, batch_size, generator),
-            total=math.ceil(len(data["labels"]) / batch_size),
-            desc=description,
-            unit="batch",
-            mininterval=1.0 if sys.stderr.isatty() else 30.0,  # short logs for non-interactive runs
+        bar = progress(
+            batches(data, batch_size, generator), math.ceil(len(data["labels"]) / batch_size), description
         )
-        for batch, (images, labels) in enumerate(progress, start=1):
+        for batch, (images, labels) in enumerate(bar, start=1):
             x = self.augment(images, generator) if self.augment else images
             terms = {key: value.item() for key, value in self._step(x, labels, self.step).items()}
             self.step += 1
@@ -146,7 +140,7 @@ class Trainer:
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value * len(labels)
             if batch % 20 == 0:
-                progress.set_postfix(loss=f"{terms['loss']:.2f}", refresh=False)
+                bar.set_postfix(loss=f"{terms['loss']:.2f}", refresh=False)
         return {key: total / len(data["labels"]) for key, total in sums.items()}
 
     @torch.no_grad()

@@ -43,8 +43,9 @@ def reconstruct_test_set(cvae_model: CVAE, mnist_test: Split, evaluation: Evalua
         BCE in nats, summed over pixels.
     """
     images = mnist_test["images"]
+    device = select_device(evaluation.device)
     logits = reconstruct(
-        cvae_model, images, mnist_test["labels"], evaluation.batch_size, select_device(evaluation.device)
+        cvae_model, images, mnist_test["labels"], evaluation.batch_size, device, "reconstructing"
     )
     return {"images": torch.sigmoid(logits), "bce": reconstruction_loss(logits, images, "bce")}
 
@@ -95,6 +96,7 @@ def evaluate_likelihood(
         evaluation.batch_size,
         select_device(evaluation.device),
         seed,
+        f"likelihood, {evaluation.iw_samples} draws per image",
     )
     row = {
         "kl_per_image": float(terms["kl"].mean()),
@@ -179,7 +181,9 @@ def evaluate_generation(
     judge = DigitClassifier()
     judge.load_state_dict(trained_digit_classifier["state_dict"])
     requested = torch.arange(cvae_model.config.num_classes).repeat_interleave(evaluation.samples_per_class)
-    generated = generate(cvae_model, requested, seed, select_device(evaluation.device))
+    generated = generate(
+        cvae_model, requested, seed, select_device(evaluation.device), description="generating"
+    )
     predicted, generated_features = predict(judge, generated)
     _, test_features = predict(judge, mnist_test["images"])
     _, train_features = predict(judge, mnist_train["images"][: len(mnist_test["images"])])

@@ -64,7 +64,8 @@ def fit_prior(trained_cvae: CVAE, mnist_train: Split, training: TrainingParams, 
         return trained_cvae
     model = copy.deepcopy(trained_cvae)
     images, labels = mnist_train["images"], mnist_train["labels"]
-    mu, logvar = encode(model, images, labels, training.test_batch_size, select_device(training.device))
+    device = select_device(training.device)
+    mu, logvar = encode(model, images, labels, training.test_batch_size, device, "encoding the training set")
     try:
         fit_class_prior(model.cpu(), mu, logvar, labels, seed)
     except ValueError as error:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import torch
 from kedro.framework.hooks import hook_impl
 from kedro.io import CachedDataset
@@ -153,19 +154,15 @@ class LineageHook:
                 self._records[name] = record
                 found[name] = lineage.relative(path, self._root)
         # a file made under other settings first: what made it stale is closest to the cause
-        reasons = [
-            lineage.changed_setting(shown, self._records[name], parameters) for name, shown in found.items()
-        ]
-        reasons += [
-            lineage.changed_source(shown, self._records[name], self._root) for name, shown in found.items()
-        ]
-        for name, reason in zip([*found, *found], reasons):
-            if reason:
-                env = run_params.get("env")
-                command = f"kedro run --pipeline {_pipeline_writing(name)}" + (f" --env {env}" if env else "")
-                raise RunConflictError(
-                    f"{reason}: rebuild it with `{command}`, or run with the parameters it was made with."
-                )
+        reasons = [lineage.changed_setting(found[n], self._records[n], parameters) for n in found]
+        reasons += [lineage.changed_source(found[n], self._records[n], self._root) for n in found]
+        stale = next(((name, reason) for name, reason in zip([*found, *found], reasons) if reason), None)
+        if stale:
+            env = run_params.get("env")
+            command = f"kedro run --pipeline {_pipeline_writing(stale[0])}" + (f" --env {env}" if env else "")
+            raise RunConflictError(
+                f"{stale[1]}: rebuild it with `{command}`, or run with the parameters it was made with."
+            )
 
     @hook_impl
     def before_node_run(self, node: Node, inputs: dict[str, Any]) -> None:
@@ -185,9 +182,7 @@ class LineageHook:
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, node: Node) -> None:
-        import mlflow  # noqa: PLC0415 - only to name the run; tracking may be off
-
-        run = mlflow.active_run()
+        run = mlflow.active_run()  # None when tracking is off
         record = {**self._pending[node.name], "mlflow_run_id": run.info.run_id if run else None}
         self._records[dataset_name] = record
         path = local_file(self._catalog.get(dataset_name))

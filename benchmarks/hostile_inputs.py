@@ -76,19 +76,20 @@ class Tour:
         before = snapshot(self.project)
         try:
             result = kedro(self.project, *args, **popen)
+            after = snapshot(self.project)  # before the input is put back
         finally:
             if undo:
                 undo()
-        changed = sorted(k for k, v in snapshot(self.project).items() if before.get(k) != v)
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
         self.record(
             label, "kedro run " + " ".join(args), result.returncode, result.stdout + result.stderr, changed
         )
 
     def record(self, label: str, command: str, code: int, output: str, changed: list[str]) -> None:
         lines = [line for line in output.strip().splitlines() if line.strip()]
-        last = next(
-            (line for line in reversed(lines) if line.startswith("Error:")), lines[-1] if lines else ""
-        )
+        errors = [i for i, line in enumerate(lines) if line.startswith("Error:")]
+        # the error message with its continuation lines (a list of sources tried, say)
+        last = " ".join(lines[errors[-1] :]) if errors else (lines[-1] if lines else "")
         shown = (
             "none" if not changed else f"{len(changed)} ({', '.join(Path(c).name for c in changed[:3])}...)"
         )
@@ -301,7 +302,7 @@ def main() -> None:
         project = make_test_project(Path(folder), n_train=600)
         assert kedro(project, "--env", "test").returncode == 0
         tour = run_tour(project)
-    print("\n| # | input | command | exit | traceback | what the user saw (last line) | files changed |")
+    print("\n| # | input | command | exit | traceback | what the user saw | files changed |")
     print("|---|---|---|---|---|---|---|")
     for number, (label, command, code, traced, last, changed) in enumerate(tour.rows, start=1):
         print(

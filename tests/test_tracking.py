@@ -14,7 +14,7 @@ import mlflow
 import pytest
 
 from cvae_mnist.serving import MODEL_NAME
-from mnist_fixtures import make_test_project, tracking_uri
+from mnist_fixtures import make_test_project, run_session, tracking_uri
 
 KEDRO = str(Path(sys.executable).parent / "kedro")
 CHILD_ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
@@ -95,7 +95,9 @@ def test_node_timings_are_one_artifact_not_a_chart_each(project, tmp_path):
     timings = json.loads(
         Path(client.download_artifacts(training.info.run_id, "node_seconds.json", str(tmp_path))).read_text()
     )
-    assert {"train_cvae_node", "evaluate_likelihood_node"} <= set(timings["seconds"]) and timings["total"] > 0
+    assert {"training.train_cvae_node", "evaluation.evaluate_likelihood_node"} <= set(
+        timings["seconds"]
+    ) and timings["total"] > 0
 
 
 def test_an_evaluation_run_names_the_model_it_scored_and_logs_its_metrics_on_it(project):
@@ -139,3 +141,15 @@ def test_a_copied_project_writes_only_into_its_own_store(tmp_path):
         run.info.artifact_uri.startswith((copy / "mlruns").as_uri()) for run in runs
     )
     assert all(str(copy / "mlruns") in e.artifact_location for e in client.search_experiments())
+
+
+def test_two_runs_in_one_python_process_each_log_into_their_own_store(tmp_path):
+    # as in a notebook or the test suite: the first run must not stay active and catch the second
+    first = make_test_project(tmp_path / "first", training={"epochs": 1})
+    second = make_test_project(tmp_path / "second", training={"epochs": 1})
+    for project in (first, second):
+        run_session(project, "data_ingestion")
+        assert mlflow.active_run() is None
+        (experiment,) = [e for e in _client(project).search_experiments() if e.name == "cvae_mnist"]
+        (run,) = _client(project).search_runs([experiment.experiment_id])
+        assert run.info.status == "FINISHED"

@@ -8,6 +8,7 @@ import copy
 import functools
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -126,3 +127,18 @@ def cli() -> None:
 run = copy.copy(kedro_run)
 run.callback = _report_user_errors(kedro_run.callback)
 cli.add_command(run, "run")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--env", "-e", default=None, help="Kedro configuration environment.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def ipython(env: str | None, args: tuple[str, ...]) -> None:
+    """Open IPython with the project's catalog, context, pipelines and session loaded.
+
+    Kedro's own command starts whichever `ipython` is first on PATH; this one starts the
+    IPython of the Python that runs kedro (the project's virtual environment), so
+    `.venv/bin/kedro ipython` works without activating it.
+    """
+    if env:
+        os.environ["KEDRO_ENV"] = env
+    os.execv(sys.executable, [sys.executable, "-m", "IPython", "--ext", "kedro.ipython", *args])

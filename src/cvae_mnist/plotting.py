@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import matplotlib
+from typing import Any
 
-matplotlib.use("Agg")  # figures are files; never open a window
-
-import matplotlib.pyplot as plt
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 
-def show_grid(axis: plt.Axes, images: torch.Tensor, columns: int, title: str) -> None:
+def figure_with_axes(rows: int = 1, columns: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
+    """A figure and its axes (``Figure.subplots``), made without pyplot: no global state, no
+    window on any backend, nothing to close; it saves to a file and shows in Jupyter."""
+    figure = Figure(figsize=kwargs.pop("figsize", None), layout="constrained")
+    return figure, figure.subplots(rows, columns, **kwargs)
+
+
+def show_grid(axis: Axes, images: torch.Tensor, columns: int, title: str) -> None:
     """Draw ``images`` (``[N, 1, H, W]`` in [0, 1]) as a grid with ``columns`` per row."""
     grid = make_grid(images, nrow=columns, padding=2, pad_value=1.0)
     axis.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1)
@@ -23,6 +28,6 @@ def show_grid(axis: plt.Axes, images: torch.Tensor, columns: int, title: str) ->
 def digit_grid_figure(images: torch.Tensor, columns: int, title: str) -> Figure:
     """A figure holding one grid of digits, sized to it."""
     rows = -(-len(images) // columns)
-    figure, axis = plt.subplots(figsize=(columns * 0.7 + 0.4, rows * 0.7 + 0.6), layout="constrained")
+    figure, axis = figure_with_axes(figsize=(columns * 0.7 + 0.4, rows * 0.7 + 0.6))
     show_grid(axis, images, columns, title)
     return figure

@@ -42,9 +42,9 @@ def test_the_test_set_is_reconstructed_once_for_the_metrics_and_the_figures(mode
     assert metrics["bce_per_image"].item() == pytest.approx(reconstructions["bce"].mean().item())
     consumers = {n.name for n in create_pipeline().nodes if "test_reconstructions" in n.inputs}
     assert consumers == {
-        "evaluate_reconstructions_node",
-        "plot_reconstructions_node",
-        "plot_worst_reconstructions_node",
+        "evaluation.evaluate_reconstructions_node",
+        "evaluation.plot_reconstructions_node",
+        "evaluation.plot_worst_reconstructions_node",
     }
     assert "cvae_model" not in {i for n in create_pipeline().nodes if n.name in consumers for i in n.inputs}
 
@@ -104,5 +104,5 @@ def test_a_classifier_of_a_data_subset_is_not_saved_over_the_shared_one(data, tm
 
 def test_the_top_level_seed_does_not_reach_the_digit_classifier():
     # the judge of generated digits stays the same when a run changes `seed`
-    node = next(n for n in create_pipeline().nodes if n.name == "get_digit_classifier_node")
+    node = next(n for n in create_pipeline().nodes if n.name == "evaluation.get_digit_classifier_node")
     assert "params:seed" not in node.inputs and "params:classifier" in node.inputs

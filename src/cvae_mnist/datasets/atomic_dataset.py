@@ -43,6 +43,11 @@ class AtomicDataset(AbstractDataset[Any, Any]):
         self._filepath = PurePosixPath(filepath)
         self._dataset_config = {"type": dataset} if isinstance(dataset, str) else dict(dataset)
         self.metadata = metadata
+        # Kedro-Viz previews a dataset that has ``preview`` (a table, an image, JSON), of the
+        # kind its return annotation names: the wrapped dataset's, reading the same file
+        wrapped_preview = getattr(self._dataset_at(self._filepath), "preview", None)
+        if wrapped_preview is not None:
+            self.preview = wrapped_preview
 
     def _dataset_at(self, path: str | Path) -> AbstractDataset:
         dataset_class, arguments = parse_dataset_definition({**self._dataset_config, "filepath": str(path)})

@@ -14,5 +14,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs=["mnist_train", "mnist_test"],
                 name="decode_mnist_node",
             )
-        ]
+        ],
+        namespace="data_ingestion",  # one box per pipeline in Kedro-Viz; dataset names stay
+        prefix_datasets_with_namespace=False,
     )

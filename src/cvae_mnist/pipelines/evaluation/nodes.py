@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -18,7 +17,7 @@ from cvae_mnist.losses import reconstruction_loss
 from cvae_mnist.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from cvae_mnist.model import CVAE
 from cvae_mnist.params import DIGITS, ClassifierParams, EvaluationParams, IngestionParams
-from cvae_mnist.plotting import digit_grid_figure, show_grid
+from cvae_mnist.plotting import digit_grid_figure, figure_with_axes, show_grid
 from cvae_mnist.runtime import select_device
 from cvae_mnist.training import History, Split
 
@@ -251,7 +250,7 @@ def plot_reconstructions(
     real[present] = mnist_test["images"][index[present]]
     recon[present] = test_reconstructions["images"][index[present]]
     pairs = torch.stack([real, recon], dim=1).flatten(0, 2)  # rows: real, recon, real, recon, ...
-    figure, axis = plt.subplots(figsize=(DIGITS * 0.7, len(index) * 1.4 + 0.6), layout="constrained")
+    figure, axis = figure_with_axes(figsize=(DIGITS * 0.7, len(index) * 1.4 + 0.6))
     show_grid(axis, pairs, DIGITS, "test digits (odd rows) above their reconstructions (even rows)")
     return figure
 
@@ -358,9 +357,7 @@ def plot_worst_reconstructions(
     """
     bce = test_reconstructions["bce"]
     worst = bce.argsort(descending=True)[: evaluation.worst_examples].tolist()
-    figure, axes = plt.subplots(
-        2, len(worst), figsize=(len(worst) * 0.9 + 0.4, 2.6), layout="constrained", squeeze=False
-    )
+    figure, axes = figure_with_axes(2, len(worst), figsize=(len(worst) * 0.9 + 0.4, 2.6), squeeze=False)
     for column, i in enumerate(worst):
         for row, image in enumerate((mnist_test["images"][i, 0], test_reconstructions["images"][i, 0])):
             axes[row, column].imshow(image.numpy(), cmap="gray", vmin=0, vmax=1)
@@ -380,7 +377,7 @@ def plot_training_curves(training_history: History) -> Figure:
         The figure, one panel per term.
     """
     epochs = np.asarray(training_history["epoch"])
-    figure, axes = plt.subplots(1, 3, figsize=(12, 3.5), layout="constrained")
+    figure, axes = figure_with_axes(1, 3, figsize=(12, 3.5))
     titles = ("objective: reconstruction + beta x KL", "reconstruction (BCE or MSE)", "KL to N(0, I)")
     for axis, term, title in zip(axes, ("loss", "reconstruction", "kl"), titles):
         for split in ("train", "test"):

@@ -94,5 +94,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 node(func=plot, inputs=inputs, outputs=f"{name}_figure", name=f"plot_{name}_node")
                 for name, (plot, inputs) in FIGURES.items()
             ],
-        ]
+        ],
+        namespace="evaluation",  # one box per pipeline in Kedro-Viz; dataset names stay
+        prefix_datasets_with_namespace=False,
     )

@@ -20,5 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="generation_figure",
                 name="plot_generated_node",
             ),
-        ]
+        ],
+        namespace="generation",  # one box per pipeline in Kedro-Viz; dataset names stay
+        prefix_datasets_with_namespace=False,
     )

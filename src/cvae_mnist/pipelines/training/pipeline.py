@@ -44,5 +44,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="training_metrics",
                 name="log_training_history_node",
             ),
-        ]
+        ],
+        namespace="training",  # one box per pipeline in Kedro-Viz; dataset names stay
+        prefix_datasets_with_namespace=False,
     )

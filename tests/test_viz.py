@@ -1,0 +1,117 @@
+"""Kedro-Viz, checked in a real browser: the pipelines' graph and the dataset previews.
+
+A tiny project is run, `kedro viz run` serves it on 127.0.0.1, and headless Chromium
+(Debian's ``chromium``, driven by Playwright for Python) opens it. Skipped, with the reason,
+where no browser is installed (``apt-get install chromium``; ``.ci/run`` installs it).
+Set ``CVAE_VIZ_SCREENSHOT=docs/images/kedro-viz.png`` to keep the screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mnist_fixtures import make_test_project, run_session
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (make install)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="no Chromium to drive: `apt-get install chromium` (Debian)"
+)
+# the view the README links to: parameters shown, every pipeline's nodes laid out
+VIEW = "?types=nodes,datasets,parameters&expandAllPipelines=true"
+
+
+def _free_port() -> int:
+    """A free port below 49152 (kedro viz refuses the ephemeral range)."""
+    for port in random.Random().sample(range(20_000, 49_000), 200):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise RuntimeError("no free port found between 20000 and 49000")
+
+
+@pytest.fixture(scope="module")
+def viz_url(tmp_path_factory):
+    project = make_test_project(tmp_path_factory.mktemp("viz"))
+    run_session(project)  # previews read the files a run wrote
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "kedro"), "viz", "run", "--host", "127.0.0.1", "--port", str(port)]
+        + ["--no-browser", "--env", "test"],
+        cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"},
+        stdout=(project / "viz.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its web server is a child process: stop the whole group
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url + "api/main", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log = (project / "viz.log").read_text()[-3000:]
+                    pytest.fail(f"kedro viz run did not serve {url} (exit code {server.poll()}):\n{log}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page(viz_url):
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        # no onboarding hints over the graph on a first visit
+        page.add_init_script('localStorage.setItem("KedroViz", JSON.stringify({"showFeatureHints": false}))')
+        page.goto(viz_url + VIEW)
+        page.locator(".pipeline-node").first.wait_for(timeout=60_000)
+        yield page
+        browser.close()
+
+
+def _node(page, name: str):
+    return page.locator(".pipeline-node", has=page.get_by_text(name, exact=True))
+
+
+def test_the_graph_shows_every_pipelines_nodes_and_the_parameters(page):
+    for name in ("decode_mnist_node", "train_cvae_node", "fit_prior_node", "evaluate_likelihood_node"):
+        assert _node(page, name).is_visible(), name
+    assert _node(page, "params:training").is_visible()  # parameters shown from the first view
+    if target := os.environ.get("CVAE_VIZ_SCREENSHOT"):
+        page.goto(page.url.split("?")[0] + "?types=nodes,datasets,parameters")  # pipelines collapsed
+        page.locator(".pipeline-node").first.wait_for()
+        page.wait_for_timeout(2000)
+        page.screenshot(path=target)
+
+
+def test_the_metrics_table_and_a_figure_are_previewed(page):
+    page.goto(page.url.split("?")[0] + VIEW)
+    _node(page, "metrics").dispatch_event("click")  # the minimap may lie over it
+    panel = page.locator(".pipeline-metadata")
+    panel.get_by_text("bce_per_image").first.wait_for(timeout=30_000)  # the table's header
+    _node(page, "reconstructions_figure").dispatch_event("click")
+    image = panel.locator("img[src^='data:image/png;base64,']")
+    image.first.wait_for(timeout=30_000)
+    assert image.first.evaluate("img => img.naturalWidth") > 100

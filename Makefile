@@ -32,11 +32,12 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-viz: install  ## Kedro-Viz on http://127.0.0.1:4141
+viz: install  ## Kedro-Viz on http://127.0.0.1:4141/?types=nodes,datasets,parameters
 	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
 
-viz-build: install  ## static Kedro-Viz site in ./build
+viz-build: install  ## static Kedro-Viz site in ./build, served on http://127.0.0.1:4142
 	$(BIN)/kedro viz build
+	$(BIN)/python -m cvae_mnist.static_site build --port 4142
 
 mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

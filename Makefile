@@ -6,7 +6,7 @@ PYTHON ?= python3
 export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install run report smoke test lint viz viz-build mlflow-ui serve benchmark ablations clean
+.PHONY: install run report smoke test lint viz viz-build mlflow-ui tracking-server serve benchmark ablations clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,14 @@ viz-build: install  ## static Kedro-Viz site in ./build, served on http://127.0.
 mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
+tracking-server: install  ## an MLflow tracking server on http://127.0.0.1:5002 (kedro run --env server)
+	$(BIN)/mlflow server --backend-store-uri sqlite:///mlflow-server.db --serve-artifacts \
+	  --artifacts-destination mlartifacts --host 127.0.0.1 --port 5002
+
+# where `make serve` finds the champion: the project's store, or a server's URL
+MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 serve: install  ## serve the registered champion on http://127.0.0.1:5001 (or MODEL=models:/<id>)
-	export PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=sqlite:///mlflow.db; \
+	export PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI="$(MLFLOW_TRACKING_URI)"; \
 	model="$${MODEL:-$$(python -m cvae_mnist.serving)}" && \
 	mlflow models serve -m "$$model" --env-manager local --host 127.0.0.1 --port 5001
 
@@ -56,4 +62,4 @@ ablations: install  ## the report's next steps, one change at a time from the de
 
 clean:  ## remove generated data, runs and the venv (keeps the raw MNIST files)
 	find data -mindepth 2 -not -name .gitkeep -not -path 'data/01_raw/*' -delete
-	rm -rf mlruns mlflow.db build $(VENV)
+	rm -rf mlruns mlflow.db mlflow-server.db mlartifacts build $(VENV)

@@ -1,6 +1,5 @@
-"""cvae-mnist file for ensuring the package is executable
-as `cvae-mnist` and `python -m cvae_mnist`
-"""
+"""``python -m cvae_mnist run [options]`` (or ``cvae-mnist run``) is ``kedro run [options]``:
+the form that ``torchrun ... -m cvae_mnist run`` starts on every process."""
 
 import sys
 from pathlib import Path
@@ -18,6 +17,8 @@ def main(*args, **kwargs) -> Any:
     kwargs["standalone_mode"] = not interactive
 
     run = find_run_command(package_name)
+    if len(sys.argv) > 1 and sys.argv[1] == "run":  # the word of `kedro run`, optional here
+        del sys.argv[1]
     return run(*args, **kwargs)
 
 

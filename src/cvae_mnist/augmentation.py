@@ -7,9 +7,15 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cvae_mnist.distributed import World
+
 
 def random_affine(
-    images: torch.Tensor, max_rotation: float, max_shift: float, generator: torch.Generator
+    images: torch.Tensor,
+    max_rotation: float,
+    max_shift: float,
+    generator: torch.Generator,
+    world: World = World(),
 ) -> torch.Tensor:
     """Rotate and shift each image of ``[N, C, H, W]`` by its own random amount.
 
@@ -17,12 +23,16 @@ def random_affine(
     ``[-max_shift, max_shift]`` pixels along each axis, drawn from ``generator`` (on the
     CPU, so a seed gives the same images on every device). Pixels moved in from outside
     are 0 (background). One batched ``grid_sample`` call, not a Python loop per image.
+    With several processes, ``images`` is this rank's share of a global batch: the amounts
+    are drawn for the global batch and the rank takes its share of them.
     """
     if max_rotation == 0 and max_shift == 0:
         return images
     n, _, height, width = images.shape
-    angle = (2 * torch.rand(n, generator=generator) - 1) * math.radians(max_rotation)
-    shift = (2 * torch.rand(n, 2, generator=generator) - 1) * max_shift
+    angle = world.share(
+        (2 * torch.rand(n * world.size, generator=generator) - 1) * math.radians(max_rotation)
+    )
+    shift = world.share((2 * torch.rand(n * world.size, 2, generator=generator) - 1) * max_shift)
     cos, sin = angle.cos(), angle.sin()
     # affine_grid works in [-1, 1] coordinates: a pixel is 2 / size of them
     theta = torch.stack(

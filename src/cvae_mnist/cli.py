@@ -22,6 +22,7 @@ from kedro.io import DatasetError
 from kedro.validation import ParameterValidationError
 
 import cvae_mnist.pipelines
+from cvae_mnist import distributed, training
 from cvae_mnist.errors import (
     ConfigurationError,
     CvaeMnistError,
@@ -102,6 +103,25 @@ def _check_names(options: dict[str, Any]) -> None:
 def _report_user_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(callback)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        world = distributed.from_environment()
+        if world.size == 1:
+            return run_checked(*args, **kwargs)
+        # under torchrun: rank 0 runs the pipeline, the others train with it (cvae_mnist.distributed)
+        distributed.start(world)
+        if not world.main:
+            code = training.serve(world)
+            distributed.stop()
+            raise SystemExit(code)
+        try:
+            return run_checked(*args, **kwargs)
+        finally:
+            try:
+                distributed.send("stop")
+            except RuntimeError:
+                pass  # a rank that died cannot be told; torchrun stops it
+            distributed.stop()
+
+    def run_checked(*args: Any, **kwargs: Any) -> Any:
         _check_names(kwargs)
         try:
             with warnings.catch_warnings():  # `kedro run --pipeline X` is this project's documented form

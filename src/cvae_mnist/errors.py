@@ -6,6 +6,7 @@ traceback (see ``cvae_mnist.cli``); anything else is a bug and keeps its traceba
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -43,13 +44,21 @@ class RunConflictError(CvaeMnistError, RuntimeError):
     """Another run is writing into the same folders, or an input is stale."""
 
 
+class DistributedError(CvaeMnistError, RuntimeError):
+    """A process of the torchrun job stopped or cannot be reached."""
+
+
 class RunInterrupted(CvaeMnistError):
     """The run was stopped by a signal (Ctrl-C is SIGINT); the shell's exit code is 128 + its number."""
 
     def __init__(self, signal_number: int, signal_name: str) -> None:
+        under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1 and signal_name == "SIGTERM"
+        cause = (
+            " torchrun stops every process when one fails: its summary names it." if under_torchrun else ""
+        )
         super().__init__(
-            f"Interrupted by {signal_name}. What was complete is kept (for training, the checkpoint of "
-            "the last finished epoch: `kedro run --params training.resume=true` continues from it)."
+            f"Interrupted by {signal_name}.{cause} What was complete is kept (for training, the checkpoint "
+            "of the last finished epoch: `kedro run --params training.resume=true` continues from it)."
         )
         self.exit_code = 128 + signal_number
         self.signal_name = signal_name

@@ -111,19 +111,22 @@ class CVAE(nn.Module):
         return self.fc_mu(h), self.fc_logvar(h)
 
     @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    def reparameterize(
+        mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``z = mu + std * eps``, ``eps`` standard normal (``noise``, or drawn here)."""
         std = torch.exp(0.5 * logvar)  # the report's code used exp(logvar), the variance
-        return mu + std * torch.randn_like(std)
+        return mu + std * (torch.randn_like(std) if noise is None else noise)
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Bernoulli logits of shape ``[N, 1, image_size, image_size]``."""
         return self.decoder(self.decoder_input(torch.cat([z, self.label(labels).to(z.dtype)], dim=1)))
 
     def forward(
-        self, x: torch.Tensor, labels: torch.Tensor
+        self, x: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x, labels)
-        return self.decode(self.reparameterize(mu, logvar), labels), mu, logvar
+        return self.decode(self.reparameterize(mu, logvar, noise), labels), mu, logvar
 
     def prior(self, labels: torch.Tensor) -> MixtureSameFamily:
         """p(z | y) of each label, a batch of Gaussian mixtures."""

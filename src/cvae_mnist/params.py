@@ -65,6 +65,9 @@ class TrainingParams(Section):
     mixed_precision: bool = Field(True, description="bf16 autocast where the hardware computes bf16")
     compile: bool = Field(False, description="torch.compile the training step")
     num_threads: int = Field(0, ge=0, le=1024, description="torch CPU threads; 0 = one per core")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "sqrt", description="under torchrun, lr times N (linear) or sqrt(N) for N times the batch"
+    )
 
 
 class EvaluationParams(Section):

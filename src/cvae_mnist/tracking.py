@@ -12,31 +12,41 @@ run, the model registered as ``cvae_generator`` with the alias ``champion`` that
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 import re
 import signal
 import sqlite3
 import subprocess
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
+from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
 from kedro_mlflow.framework.hooks import MlflowHook
 from mlflow.entities import RunStatus
 from pydantic import BaseModel
 
-from cvae_mnist import lineage
-from cvae_mnist.errors import RunInterrupted, find_user_error, redacted
+from cvae_mnist import distributed, lineage
+from cvae_mnist.errors import ConfigurationError, RunInterrupted, find_user_error, redacted
 from cvae_mnist.hooks import NodeTimingHook, local_file
 from cvae_mnist.serving import CHAMPION, MODEL_NAME
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ENVS = (None, "local", "base")
+# environments that change only where runs are recorded, not the model: their full runs
+# register the champion
+DEFAULT_ENVS = (None, "local", "base", "server")
 
 
 class MlflowTrackingHook(MlflowHook):
@@ -47,6 +57,21 @@ class MlflowTrackingHook(MlflowHook):
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
+        if mlflow.active_run() is None:  # kedro-mlflow would retry an unreachable server for minutes
+            try:
+                settings = context.config_loader["mlflow"]
+            except MissingConfigException:
+                settings = {}
+            settings = KedroMlflowConfig.model_validate(settings).model_dump()
+            try:
+                secrets = context.config_loader["credentials"].get(
+                    settings["server"]["credentials"] or "", {}
+                )
+            except MissingConfigException:  # no credentials.yml
+                secrets = {}
+            check_server(
+                settings["server"]["mlflow_tracking_uri"], settings["tracking"]["experiment"]["name"], secrets
+            )
         super().after_context_created(context=context)
         if self._is_mlflow_enabled and not self._already_active_mlflow:
             relocate_store(self.mlflow_config.server.mlflow_tracking_uri, Path(context.project_path))
@@ -60,6 +85,8 @@ class MlflowTrackingHook(MlflowHook):
             self.mlflow_config.tracking.run.name = f"{env} {shown} {time.strftime('%Y-%m-%d %H:%M:%S')}"
         runner = re.sub(r"^<(?:[\w.]+\.)?(\w+) object at 0x\w+>$", r"\1", str(run_params.get("runner")))
         tags = {**run_params, "project_path": None, "runner": runner, "env": env}
+        if distributed.current().size > 1:  # torchrun: the global batch is this many times batch_size
+            tags["processes"] = distributed.current().size
         super().before_pipeline_run(run_params=tags, pipeline=pipeline, catalog=catalog)
         self._catalog, self._project = catalog, Path(run_params["project_path"])
         # only a full default run registers its model: default pipeline and environment, no --params
@@ -186,3 +213,55 @@ def relocate_store(tracking_uri: str, project: Path) -> None:
                         (old, here, f"%{old}%"),
                     )
             logger.info("The MLflow store's artifact locations moved from %s to %s", old, here)
+
+
+def check_server(
+    uri: str, experiment: str, credentials: dict[str, str] | None = None, timeout: float = 10.0
+) -> None:
+    """Stop the run before any work if a tracking server cannot be reached or refuses the
+    credentials (MLflow itself would retry for minutes, then fail in the middle of the run).
+
+    Args:
+        uri: ``server.mlflow_tracking_uri``; anything but http(s) is left alone.
+        experiment: The experiment's name, looked up to try the credentials.
+        credentials: The ``credentials.yml`` entry named by ``server.credentials``.
+
+    Raises:
+        ConfigurationError: Naming the server (without its credentials) and what to do.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    shown = redacted(uri)
+    query = urllib.parse.urlencode({"experiment_name": experiment})
+    request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}")
+    secrets = {**os.environ, **(credentials or {})}  # what kedro-mlflow will export
+    user, password = secrets.get("MLFLOW_TRACKING_USERNAME"), secrets.get("MLFLOW_TRACKING_PASSWORD")
+    if secrets.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {secrets['MLFLOW_TRACKING_TOKEN']}")
+    elif user and password:
+        request.add_header(
+            "Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return
+    except urllib.error.HTTPError as error:
+        if error.code == HTTPStatus.NOT_FOUND:  # the experiment does not exist yet: the run creates it
+            return
+        if error.code in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
+            raise ConfigurationError(
+                f"The MLflow tracking server {shown} refused the credentials (HTTP {error.code}): set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
+                "credentials.yml entry that conf/<env>/mlflow.yml names under server.credentials."
+            ) from None
+        raise ConfigurationError(
+            f"The MLflow tracking server {shown} answered HTTP {error.code} ({error.reason}): is it an "
+            "MLflow tracking server?"
+        ) from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConfigurationError(
+            f"The MLflow tracking server {shown} cannot be reached ({reason}). Start it (`make "
+            "tracking-server` starts one on this machine), or point server.mlflow_tracking_uri in "
+            "conf/<env>/mlflow.yml at one that runs. Nothing was run."
+        ) from None

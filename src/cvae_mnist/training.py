@@ -4,7 +4,8 @@ One engine trains both networks of the project. A :class:`Trainer` takes Adam st
 objective ``(model, images, labels, step) -> {"loss": ..., other terms}``; :func:`fit`
 runs the epochs, scores the test set after each, and writes and resumes checkpoints.
 :func:`train_cvae` puts them together for the CVAE; ``cvae_mnist.classifier`` for the
-digit classifier.
+digit classifier. Under torchrun, :func:`train_cvae` trains on every process of the job
+(``cvae_mnist.distributed``): rank 0 calls it, the other ranks wait in :func:`serve`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,20 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from cvae_mnist import distributed
 from cvae_mnist.augmentation import random_affine
-from cvae_mnist.errors import ModelFileError, TrainingDivergedError
+from cvae_mnist.distributed import World
+from cvae_mnist.errors import (
+    CvaeMnistError,
+    DataError,
+    DistributedError,
+    ModelFileError,
+    TrainingDivergedError,
+)
 from cvae_mnist.fastpath import accelerated
 from cvae_mnist.losses import cvae_loss
 from cvae_mnist.model import CVAE
@@ -47,13 +58,21 @@ class CheckpointStore(Protocol):
 
 
 def batches(
-    data: Split, batch_size: int, generator: torch.Generator | None = None
+    data: Split, batch_size: int, generator: torch.Generator | None = None, world: World = World()
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(images, labels)`` batches sliced from the tensors, shuffled when a generator is given."""
+    """``(images, labels)`` batches sliced from the tensors, shuffled when a generator is given.
+
+    With several processes, ``batch_size`` is per process: every rank walks the same order
+    in global batches of ``batch_size x world.size`` images and yields its slice of each.
+    The last ``n % world.size`` images of the order are left out, so that every rank gets
+    as many images as the others (a different few each epoch when shuffled).
+    """
     images, labels = data["images"], data["labels"]
     n = len(labels)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for index in order.to(labels.device).split(batch_size):
+    order = order[: n - n % world.size]
+    for global_batch in order.to(labels.device).split(batch_size * world.size):
+        index = world.share(global_batch)
         yield images[index], labels[index]
 
 
@@ -74,6 +93,8 @@ class Trainer:
         augment: Applied to each training batch with the shuffling generator.
         untrained: Prefixes of state entries that training leaves alone: checkpoints
             neither save nor restore them.
+        world: The processes that train this model together (one without torchrun);
+            ``model`` is then wrapped in ``DistributedDataParallel``.
     """
 
     def __init__(
@@ -91,9 +112,13 @@ class Trainer:
         compile: bool = False,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         untrained: tuple[str, ...] = (),
+        world: World = World(),
     ) -> None:
         self.model, self.objective, self.device, self.name = model, objective, device, name
-        self.lr, self.augment, self.untrained = lr, augment, untrained
+        self.lr, self.augment, self.untrained, self.world = lr, augment, untrained, world
+        # the network itself: its weights are the state; a DistributedDataParallel wrapper
+        # only adds the all-reduce of the gradients
+        self.network: nn.Module = model.module if isinstance(model, DistributedDataParallel) else model
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=lr, betas=betas, fused=device.type in {"cpu", "cuda"}
         )
@@ -117,18 +142,31 @@ class Trainer:
         self.optimizer.step()
         return terms
 
+    def _global_mean(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The batch's terms as floats, averaged over the ranks' equal shares of the batch."""
+        if self.world.size == 1:
+            return {key: value.item() for key, value in terms.items()}
+        values = torch.stack([value.detach().float() for value in terms.values()]).cpu()
+        values = distributed.all_reduce_sum(values) / self.world.size
+        return dict(zip(terms, values.tolist()))
+
     def train_epoch(
         self, data: Split, batch_size: int, generator: torch.Generator, description: str
     ) -> dict[str, float]:
-        """One pass over ``data`` in shuffled batches; returns the mean terms per image."""
+        """One pass over ``data`` in shuffled batches (``batch_size`` per process); returns
+        the mean terms per image."""
         self.model.train()
         sums: dict[str, float] = {}
+        images_per_step = batch_size * self.world.size
         bar = progress(
-            batches(data, batch_size, generator), math.ceil(len(data["labels"]) / batch_size), description
+            batches(data, batch_size, generator, self.world),
+            math.ceil(len(data["labels"]) // self.world.size * self.world.size / images_per_step),
+            description if self.world.main else None,
         )
+        seen = 0
         for batch, (images, labels) in enumerate(bar, start=1):
             x = self.augment(images, generator) if self.augment else images
-            terms = {key: value.item() for key, value in self._step(x, labels, self.step).items()}
+            terms = self._global_mean(self._step(x, labels, self.step))
             self.step += 1
             if self.scheduler is not None:
                 self.scheduler.step()
@@ -139,31 +177,34 @@ class Trainer:
                 )
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value * len(labels)
-            if batch % 20 == 0:
+            seen += len(labels)
+            if batch % 20 == 0 and self.world.main:
                 bar.set_postfix(loss=f"{terms['loss']:.2f}", refresh=False)
-        return {key: total / len(data["labels"]) for key, total in sums.items()}
+        return {key: total / seen for key, total in sums.items()}
 
     @torch.no_grad()
     def evaluate(self, data: Split, batch_size: int) -> dict[str, float]:
-        """The objective's mean terms per image on held-out data."""
+        """The objective's mean terms per image on held-out data (``batch_size`` per process)."""
         self.model.eval()
         sums: dict[str, float] = {}
-        for x, y in batches(data, batch_size):
-            for key, value in self._terms(x, y, None).items():
-                sums[key] = sums.get(key, 0.0) + value.item() * len(y)
-        return {key: total / len(data["labels"]) for key, total in sums.items()}
+        seen = 0
+        for x, y in batches(data, batch_size, world=self.world):
+            for key, value in self._global_mean(self._terms(x, y, None)).items():
+                sums[key] = sums.get(key, 0.0) + value * len(y)
+            seen += len(y)
+        return {key: total / seen for key, total in sums.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "model": {k: v for k, v in self.model.state_dict().items() if not k.startswith(self.untrained)},
+            "model": {k: v for k, v in self.network.state_dict().items() if not k.startswith(self.untrained)},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "step": self.step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        kept = {k: v for k, v in self.model.state_dict().items() if k.startswith(self.untrained)}
-        self.model.load_state_dict({**state["model"], **kept})
+        kept = {k: v for k, v in self.network.state_dict().items() if k.startswith(self.untrained)}
+        self.network.load_state_dict({**state["model"], **kept})
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -198,9 +239,9 @@ def _resume(
             "cvae-mnist. Set training.resume=false to start over."
         )
     differences = [
-        f"{key}: checkpoint {state['settings'].get(key)!r}, parameters {value!r}"
-        for key, value in settings.items()
-        if state["settings"].get(key) != value
+        f"{key}: checkpoint {state['settings'].get(key)!r}, parameters {settings.get(key)!r}"
+        for key in sorted(settings.keys() | state["settings"].keys())
+        if state["settings"].get(key) != settings.get(key)
     ]
     if differences:
         raise ModelFileError(
@@ -210,7 +251,7 @@ def _resume(
         )
     trainer.load_state_dict(state["trainer"])
     _set_rng_state(state["rng"], generator)
-    logger.info("Resuming from %s after epoch %d", checkpoint.filepath, state["epoch"])
+    logger.info("Resuming from %s after epoch %d", checkpoint.filepath, state["epoch"])  # every rank says it
     return state["history"]
 
 
@@ -258,7 +299,8 @@ def fit(
         for split, terms in (("train", train_terms), ("test", test_terms)):
             for key, value in terms.items():
                 history.setdefault(f"{split}_{key}", []).append(value)
-        logger.info(
+        logger.log(
+            logging.INFO if trainer.world.main else logging.DEBUG,
             "epoch %d/%d: train loss %.2f%s (%.1f s)",
             epoch,
             epochs,
@@ -286,6 +328,7 @@ class CVAEObjective:
     loss: str
     beta: float
     warmup_steps: float = 0
+    world: World = World()
 
     def kl_weight(self, step: int | None) -> float:
         if step is None or self.warmup_steps == 0:
@@ -295,7 +338,15 @@ class CVAEObjective:
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int | None
     ) -> dict[str, torch.Tensor]:
-        logits, mu, logvar = model(x, y)
+        noise = None  # one process: the model draws it
+        if self.world.size > 1:  # this rank's share of the noise of the whole global batch
+            latent_dim = getattr(model, "module", model).config.latent_dim
+            dtype = (
+                torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+            )
+            drawn = torch.randn(len(x) * self.world.size, latent_dim, device=x.device, dtype=dtype)
+            noise = self.world.share(drawn)
+        logits, mu, logvar = model(x, y, noise)
         return cvae_loss(logits, x, mu, logvar, self.loss, self.kl_weight(step))
 
 
@@ -307,7 +358,9 @@ RESUME_SETTINGS = (
 )  # fmt: skip
 
 
-def resume_settings(model: ModelParams, training: TrainingParams, seed: int) -> dict[str, Any]:
+def resume_settings(
+    model: ModelParams, training: TrainingParams, seed: int, world: World = World()
+) -> dict[str, Any]:
     keys = RESUME_SETTINGS + (
         ("epochs",) if training.lr_schedule != "constant" else ()
     )  # a schedule spans them
@@ -315,24 +368,38 @@ def resume_settings(model: ModelParams, training: TrainingParams, seed: int) -> 
         **{f"model.{k}": v for k, v in model.model_dump().items() if k not in ("prior", "prior_components")},
         **{f"training.{k}": getattr(training, k) for k in keys},
         "seed": seed,
+        # the global batch and the random draws depend on it (absent for one process)
+        **({"processes": world.size} if world.size > 1 else {}),
     }
 
 
+def scaled_lr(training: TrainingParams, processes: int) -> float:
+    """Adam's learning rate for ``processes`` times the batch: ``training.lr`` times N
+    (``lr_scaling: linear``), times the square root of N (``sqrt``), or as it is (``none``)."""
+    factor = {"none": 1.0, "linear": float(processes), "sqrt": math.sqrt(processes)}[training.lr_scaling]
+    return training.lr * factor
+
+
+def steps_per_epoch(n_images: int, batch_size: int, world: World = World()) -> int:
+    return math.ceil((n_images - n_images % world.size) / (batch_size * world.size))
+
+
 def cvae_trainer(
-    model: CVAE, training: TrainingParams, device: torch.device, steps_per_epoch: int
+    model: nn.Module, training: TrainingParams, device: torch.device, steps: int, world: World = World()
 ) -> Trainer:
-    """The engine set up for the CVAE as ``training`` asks (fast forms are :func:`train_cvae`'s)."""
+    """The engine set up for the CVAE as ``training`` asks, ``steps`` optimiser steps per epoch
+    (fast forms and the distributed wrapper are :func:`train_cvae`'s)."""
     augment = None
     if training.augment_rotation or training.augment_shift:
 
         def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-            return random_affine(images, training.augment_rotation, training.augment_shift, generator)
+            return random_affine(images, training.augment_rotation, training.augment_shift, generator, world)
 
     return Trainer(
         model,
-        CVAEObjective(training.loss, training.beta, training.kl_warmup_epochs * steps_per_epoch),
-        lr=training.lr,
-        total_steps=training.epochs * steps_per_epoch,
+        CVAEObjective(training.loss, training.beta, training.kl_warmup_epochs * steps, world),
+        lr=scaled_lr(training, world.size),
+        total_steps=training.epochs * steps,
         device=device,
         name="training",
         schedule=training.lr_schedule,
@@ -341,6 +408,7 @@ def cvae_trainer(
         compile=training.compile,
         augment=augment,
         untrained=("prior_",),
+        world=world,
     )
 
 
@@ -352,33 +420,159 @@ def train_cvae(
     seed: int,
     checkpoint: CheckpointStore | None = None,
 ) -> tuple[CVAE, History]:
-    """Build a CVAE from ``seed`` and train it; return it on the CPU with its history."""
-    generator = seed_everything(seed)
+    """Build a CVAE from ``seed`` and train it; return it on the CPU with its history.
+
+    Under torchrun (rank 0 only calls this), the other ranks are sent the arguments, the
+    data and the checkpoint to resume from, and every process trains its share.
+    """
+    world = distributed.current()
+    if world.size > 1:
+        for name, split in (("training", train), ("test", test)):
+            if len(split["labels"]) < world.size:
+                raise DataError(
+                    f"torchrun started {world.size} processes, but the {name} set has only "
+                    f"{len(split['labels'])}: every process needs a share of each batch. "
+                    "Start fewer processes (--nproc_per_node) or use more data."
+                )
+        state = (
+            checkpoint.read() if training.resume and checkpoint is not None and checkpoint.exists() else None
+        )
+        tensors = {f"train.{k}": v for k, v in train.items()} | {f"test.{k}": v for k, v in test.items()}
+        arguments = {"model": model_params.model_dump(), "training": training.model_dump(), "seed": seed}
+        distributed.send("train", {**arguments, "tensors": distributed.tensor_keys(tensors), "resume": state})
+        distributed.broadcast_tensors(tensors, distributed.tensor_keys(tensors))
+    return _train(model_params, train, test, training, seed, checkpoint, world)
+
+
+def _train(
+    model_params: ModelParams,
+    train: Split,
+    test: Split,
+    training: TrainingParams,
+    seed: int,
+    checkpoint: CheckpointStore | None,
+    world: World,
+) -> tuple[CVAE, History]:
+    generator = seed_everything(seed)  # the same on every rank: each takes its share of the draws
     if training.num_threads:
         torch.set_num_threads(training.num_threads)
-    device = select_device(training.device)
+    device = world.device(select_device(training.device))
     model = CVAE(model_params).to(device)
     fast = training.fast_path == "auto"
     with accelerated(model, device) if fast else nullcontext():
-        trainer = cvae_trainer(model, training, device, math.ceil(len(train["labels"]) / training.batch_size))
-        logger.info(
-            "Training on %s (%d threads, autocast %s, fast path %s, compile %s)",
-            device,
-            torch.get_num_threads(),
-            trainer.autocast_dtype,
-            "on" if fast and device.type == "cpu" else "off",
-            training.compile,
+        network: nn.Module = model
+        synced_norm = world.size > 1 and device.type == "cuda"
+        if world.size > 1:
+            if (
+                synced_norm
+            ):  # one set of batch statistics over the global batch (it swaps the layers in place)
+                network = nn.SyncBatchNorm.convert_sync_batchnorm(model, distributed.training_group())
+            network = DistributedDataParallel(
+                network,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                process_group=distributed.training_group(),
+            )
+        steps = steps_per_epoch(len(train["labels"]), training.batch_size, world)
+        trainer = cvae_trainer(network, training, device, steps, world)
+        if world.main:
+            logger.info(
+                "Training on %s (%d threads, autocast %s, fast path %s, compile %s)%s",
+                device,
+                torch.get_num_threads(),
+                trainer.autocast_dtype,
+                "on" if fast and device.type == "cpu" else "off",
+                training.compile,
+                f"; {world.size} processes of {training.batch_size} images per batch, learning rate "
+                f"{trainer.lr:g} ({training.lr_scaling} scaling)"
+                if world.size > 1
+                else "",
+            )
+        logger.log(
+            logging.INFO if world.size > 1 else logging.DEBUG,
+            "rank %d of %d trains on %d of every %d images of each global batch",
+            world.rank,
+            world.size,
+            training.batch_size,
+            training.batch_size * world.size,
         )
-        history = fit(
-            trainer,
-            {key: value.to(device) for key, value in train.items()},
-            {key: value.to(device) for key, value in test.items()},
-            epochs=training.epochs,
-            batch_size=training.batch_size,
-            test_batch_size=training.test_batch_size,
-            generator=generator,
-            checkpoint=checkpoint,
-            resume=training.resume,
-            settings=resume_settings(model_params, training, seed),
-        )
+        try:
+            history = fit(
+                trainer,
+                {key: value.to(device) for key, value in train.items()},
+                {key: value.to(device) for key, value in test.items()},
+                epochs=training.epochs,
+                batch_size=training.batch_size,
+                test_batch_size=training.test_batch_size,
+                generator=generator,
+                checkpoint=checkpoint,
+                resume=training.resume,
+                settings=resume_settings(model_params, training, seed, world),
+            )
+        except RuntimeError as error:  # gloo and NCCL report a peer that died or went silent so
+            if world.size == 1 or isinstance(error, CvaeMnistError) or not _peer_failure(error):
+                raise
+            raise DistributedError(
+                f"Training stopped on rank {world.rank} of {world.size}: another process of this torchrun "
+                f"job stopped or stopped answering ({str(error).splitlines()[0]}). torchrun's summary "
+                "names the process that failed; the checkpoint of the last complete epoch is kept."
+            ) from None
+    if synced_norm:  # SyncBatchNorm back to BatchNorm2d
+        plain = CVAE(model_params)
+        plain.load_state_dict(model.state_dict())
+        model = plain
     return model.cpu(), history
+
+
+def _peer_failure(error: RuntimeError) -> bool:
+    return isinstance(error, dist.DistError) or any(
+        word in str(error) for word in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out")
+    )
+
+
+class _ReceivedCheckpoint:
+    """Rank 0's checkpoint as another rank holds it: read-only, for resuming."""
+
+    filepath = "rank 0's checkpoint"
+
+    def __init__(self, state: dict[str, Any] | None) -> None:
+        self._state = state
+
+    def exists(self) -> bool:
+        return self._state is not None
+
+    def read(self) -> dict[str, Any]:
+        return self._state
+
+    def write(self, state: dict[str, Any]) -> None:
+        """Only rank 0 writes checkpoints."""
+
+
+def serve(world: World) -> int:
+    """Another rank of a torchrun job: train with rank 0 whenever it trains, until it stops.
+
+    Returns:
+        The exit code: 0 once rank 0 has stopped, 1 if it could not be reached.
+    """
+    while True:
+        try:
+            command, payload = distributed.receive()
+        except DistributedError as error:
+            logger.error("%s", error)
+            return 1
+        if command == "stop":
+            return 0
+        tensors = distributed.broadcast_tensors(None, payload["tensors"])
+        train = {k.removeprefix("train."): v for k, v in tensors.items() if k.startswith("train.")}
+        test = {k.removeprefix("test."): v for k, v in tensors.items() if k.startswith("test.")}
+        try:
+            _train(
+                ModelParams.model_validate(payload["model"]),
+                train,
+                test,
+                TrainingParams.model_validate(payload["training"]),
+                payload["seed"],
+                _ReceivedCheckpoint(payload["resume"]),
+                world,
+            )
+        except Exception as error:  # noqa: BLE001 - rank 0 reports the run's outcome; this rank waits for it
+            logger.warning("rank %d: training stopped: %s", world.rank, " ".join(str(error).split()))

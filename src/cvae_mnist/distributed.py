@@ -1,0 +1,150 @@
+"""Training on several processes launched by ``torchrun``. No Kedro here.
+
+``torchrun --nproc_per_node N -m cvae_mnist run ...`` starts N copies of the command. Rank 0
+runs the Kedro pipeline as ``kedro run`` would, alone: it alone reads and writes files,
+checkpoints, figures and MLflow records, and runs the evaluation. The other ranks run no
+Kedro at all; they serve rank 0's training node (:func:`serve`): when it trains, it sends
+them the parameters, the data and any checkpoint to resume from (:func:`send_training`),
+and all N processes train one model with ``DistributedDataParallel``, each on its share
+of every batch. Without torchrun (``WORLD_SIZE`` unset) :func:`current` is one process
+and none of this runs.
+
+Every rank holds the whole data and draws the same random numbers: the shuffled order, the
+latent noise and the augmentation of each *global* batch (``N x training.batch_size``
+images), of which each rank takes its contiguous slice (:meth:`World.share`). N processes
+therefore compute what one process computes with the global batch, up to the order of
+floating-point sums and, on the CPU, batch norm's per-rank statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from cvae_mnist.errors import DistributedError
+
+logger = logging.getLogger(__name__)
+
+# rank 0 sends a command when its training node starts, and may run data ingestion and a
+# long evaluation in between: the other ranks wait that long for it
+COMMAND_TIMEOUT = timedelta(hours=12)
+# a collective of the training itself that waits longer than this means a rank is stuck
+TRAINING_TIMEOUT = timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes of one training: ``rank`` of ``size``."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous slice of a global batch (all of it in one process)."""
+        if self.size == 1:
+            return batch
+        n = len(batch) // self.size
+        return batch[self.rank * n : (self.rank + 1) * n]
+
+    def device(self, device: torch.device) -> torch.device:
+        """The GPU of this rank on a machine with several, else ``device`` itself."""
+        if device.type == "cuda" and self.size > 1:
+            return torch.device("cuda", self.local_rank)
+        return device
+
+
+def from_environment() -> World:
+    """The world torchrun describes in ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+class _Job:
+    """The torchrun job this process joined, if any."""
+
+    world = World()
+    training_group: Any = None
+
+
+def current() -> World:
+    """The world of this process: one process unless :func:`start` joined a torchrun job."""
+    return _Job.world
+
+
+def start(world: World) -> None:
+    """Join the torchrun job's process group: gloo for CPU tensors, NCCL for CUDA ones."""
+    backend = "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(world.local_rank)
+        backend = "cpu:gloo,cuda:nccl"
+    dist.init_process_group(backend, timeout=COMMAND_TIMEOUT)
+    _Job.training_group = dist.new_group(timeout=TRAINING_TIMEOUT, backend=backend)
+    _Job.world = world
+
+
+def stop() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _Job.world, _Job.training_group = World(), None
+
+
+def training_group() -> Any:
+    return _Job.training_group
+
+
+def send(command: str, payload: Any = None) -> None:
+    """Rank 0: hand the other ranks a command (``train`` with its arguments, or ``stop``)."""
+    dist.broadcast_object_list([command, payload], src=0)
+
+
+def receive() -> tuple[str, Any]:
+    """Another rank: wait for rank 0's next command."""
+    message: list[Any] = [None, None]
+    try:
+        dist.broadcast_object_list(message, src=0)
+    except (RuntimeError, pickle.UnpicklingError) as error:
+        raise DistributedError(
+            f"rank {current().rank}: rank 0 (which runs the pipeline) stopped or cannot be reached "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from None
+    return message[0], message[1]
+
+
+def broadcast_tensors(tensors: dict[str, torch.Tensor] | None, keys: list[tuple[str, tuple, str]]) -> dict:
+    """Rank 0's tensors on every rank: ``tensors`` on rank 0, None elsewhere; ``keys`` lists
+    each one's name, shape and dtype (sent beforehand with the command)."""
+    out = {}
+    for name, shape, dtype in keys:
+        tensor = (
+            tensors[name].contiguous()
+            if tensors is not None
+            else torch.empty(shape, dtype=getattr(torch, dtype))
+        )
+        dist.broadcast(tensor, src=0, group=_Job.training_group)
+        out[name] = tensor
+    return out
+
+
+def tensor_keys(tensors: dict[str, torch.Tensor]) -> list[tuple[str, tuple, str]]:
+    return [(name, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in tensors.items()]
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of ``values`` over all ranks (``values`` itself in one process)."""
+    if _Job.world.size > 1:
+        dist.all_reduce(values, group=_Job.training_group)
+    return values

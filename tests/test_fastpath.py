@@ -168,3 +168,18 @@ def test_nothing_is_swapped_on_devices_where_it_was_not_measured(device):
     before = [type(m) for m in model.modules()]
     with accelerated(model, torch.device(device)):  # only the device's type is read
         assert [type(m) for m in model.modules()] == before
+
+
+def test_inference_uses_the_fast_forms_and_leaves_a_model_that_can_still_be_trained():
+    from cvae_mnist.inference import reconstruct  # noqa: PLC0415
+
+    model = CVAE(ModelParams(latent_dim=4, base_channels=4))
+    images, labels = torch.rand(6, 1, 28, 28), torch.arange(6)
+    with torch.no_grad():
+        plain = model.eval().decode(model.encode(images, labels)[0], labels)
+    torch.testing.assert_close(reconstruct(model, images, labels, 4, torch.device("cpu")), plain)
+    # the layers are the plain ones again, their tensors ordinary (not inference) tensors
+    assert type(model.conv1) is ConditionedConv2d
+    assert not any(t.is_inference() for t in [*model.parameters(), *model.buffers()])
+    model.prior_mean[0] = 1.0  # the prior is fitted in place after evaluation-style encoding
+    model.train()(images, labels)[0].sum().backward()

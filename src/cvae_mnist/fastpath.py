@@ -103,15 +103,22 @@ def accelerated(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
         yield model
         return
     swapped = [(layer, type(layer)) for layer in model.modules() if fast_form(layer) is not None]
+    if not swapped:  # no layer of a known form, or already inside an accelerated block
+        yield model
+        return
     for layer, _ in swapped:
         layer.__class__ = fast_form(layer)  # the same parameters and state, another forward
-    model.to(memory_format=torch.channels_last)
+    # new parameter tensors in the other layout: never inference tensors, even when entered
+    # under torch.inference_mode, so that the model can be trained or updated afterwards
+    with torch.inference_mode(False):
+        model.to(memory_format=torch.channels_last)
     try:
         yield model
     finally:
         for layer, plain in swapped:
             layer.__class__ = plain
-        model.to(memory_format=torch.contiguous_format)
+        with torch.inference_mode(False):
+            model.to(memory_format=torch.contiguous_format)
 
 
 class _FlattenKeepLayout(torch.autograd.Function):

@@ -4,11 +4,13 @@ evaluation, the figures, the generation pipeline and the served model all use.""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
+from cvae_mnist.fastpath import accelerated
 from cvae_mnist.losses import reconstruction_loss
 from cvae_mnist.model import CVAE
 from cvae_mnist.runtime import progress
@@ -16,6 +18,16 @@ from cvae_mnist.runtime import progress
 
 def _starts(n: int, batch_size: int, description: str | None) -> Iterable[int]:
     return progress(range(0, n, batch_size), math.ceil(n / batch_size), description)
+
+
+@contextmanager
+def _ready(model: CVAE, device: torch.device) -> Iterator[None]:
+    """``model`` in eval mode on ``device``; on the CPU with its faster layer forms, which
+    compute the same function (``cvae_mnist.fastpath``; 1.35-1.5 times faster here, forward only)."""
+    with torch.inference_mode(False):  # moved parameters stay ordinary tensors
+        model.eval().to(device)
+    with accelerated(model, device):
+        yield
 
 
 @torch.inference_mode()
@@ -29,14 +41,14 @@ def encode(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The posterior q(z | x, y) of each image: ``(mu, logvar)``, each ``[N, latent_dim]`` on the
     CPU; with a progress bar named ``description`` if one is given."""
-    model.eval().to(device)
     mus, logvars = [], []
-    for start in _starts(len(images), batch_size, description):
-        mu, logvar = model.encode(
-            images[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
-        )
-        mus.append(mu.float().cpu())
-        logvars.append(logvar.float().cpu())
+    with _ready(model, device):
+        for start in _starts(len(images), batch_size, description):
+            mu, logvar = model.encode(
+                images[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
+            )
+            mus.append(mu.float().cpu())
+            logvars.append(logvar.float().cpu())
     return torch.cat(mus), torch.cat(logvars)
 
 
@@ -68,16 +80,14 @@ def decode(
     description: str | None = None,
 ) -> torch.Tensor:
     """Bernoulli logits ``[N, 1, H, W]`` on the CPU of latent vectors ``z`` under ``labels``."""
-    model.eval().to(device)
     out = []
-    for start in _starts(len(z), batch_size, description):
-        out.append(
-            model.decode(
-                z[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
+    with _ready(model, device):
+        for start in _starts(len(z), batch_size, description):
+            z_batch, label_batch = (
+                z[start : start + batch_size].to(device),
+                labels[start : start + batch_size],
             )
-            .float()
-            .cpu()
-        )
+            out.append(model.decode(z_batch, label_batch.to(device)).float().cpu())
     return torch.cat(out)
 
 
@@ -96,7 +106,8 @@ def generate(
     (``model.prior_sample``). Its noise is drawn from a CPU generator seeded with
     ``seed``, so the same seed and labels give the same images on any device.
     """
-    model.eval().to(device)
+    with torch.inference_mode(False):  # moved buffers stay ordinary tensors
+        model.eval().to(device)
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(len(labels), model.config.latent_dim, generator=generator)
     uniform = torch.rand(len(labels), generator=generator)  # picks mixture components
@@ -124,33 +135,44 @@ def likelihood_terms(
     -log p(x | y) (Burda et al. 2016): ``-log mean_k p(x | z_k, y) p(z_k | y) / q(z_k | x, y)``,
     which tightens as ``samples`` grows.
     """
-    model.eval().to(device)
     generator = torch.Generator().manual_seed(seed)
     chunk = max(1, batch_size // samples)  # images per step: chunk * samples decodes at once
     out: dict[str, list[torch.Tensor]] = {"kl": [], "reconstruction": [], "neg_elbo": [], "iw_nll": []}
-    for start in _starts(len(images), chunk, description):
-        x = images[start : start + chunk].to(device)
-        y = labels[start : start + chunk].to(device)
-        mu, logvar = (t.float() for t in model.encode(x, y))
-        posterior = MultivariateNormal(
-            mu, scale_tril=torch.diag_embed(torch.exp(0.5 * logvar)), validate_args=False
-        )
-        prior = model.prior(y)
-        eps = torch.randn(samples, *mu.shape, generator=generator).to(device)
-        z = mu + torch.exp(0.5 * logvar) * eps  # [samples, n, latent]
-        logits = model.decode(z.flatten(0, 1), y.repeat(samples)).float()
-        log_px = -reconstruction_loss(logits, x.repeat(samples, 1, 1, 1), "bce").view(samples, -1)
-        log_q = posterior.log_prob(z)
-        log_p = prior.log_prob(z)
-        if model.prior_weights.shape[1] == 1:  # a Gaussian prior: the KL in closed form
-            gaussian = MultivariateNormal(model.prior_mean[y, 0], scale_tril=model.prior_scale_tril[y, 0])
-            kl = kl_divergence(posterior, gaussian)
-        else:  # a mixture has none: estimate it with the same draws
-            kl = (log_q - log_p).mean(0)
-        reconstruction = -log_px.mean(0)
-        out["kl"].append(kl.cpu())
-        out["reconstruction"].append(reconstruction.cpu())
-        out["neg_elbo"].append((reconstruction + kl).cpu())
-        log_w = log_px + log_p - log_q
-        out["iw_nll"].append((math.log(samples) - torch.logsumexp(log_w, dim=0)).cpu())
+    with _ready(model, device):
+        for start in _starts(len(images), chunk, description):
+            terms = _likelihood_chunk(
+                model, images[start : start + chunk].to(device), labels[start : start + chunk].to(device),
+                samples, generator,
+            )  # fmt: skip
+            for key, value in terms.items():
+                out[key].append(value.cpu())
     return {key: torch.cat(values) for key, values in out.items()}
+
+
+def _likelihood_chunk(
+    model: CVAE, x: torch.Tensor, y: torch.Tensor, samples: int, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """:func:`likelihood_terms` of the images ``x`` with labels ``y``."""
+    mu, logvar = (t.float() for t in model.encode(x, y))
+    std = torch.exp(0.5 * logvar)
+    eps = torch.randn(samples, *mu.shape, generator=generator).to(x.device)
+    z = mu + std * eps  # [samples, n, latent]
+    logits = model.decode(z.flatten(0, 1), y.repeat(samples)).float()
+    log_px = -reconstruction_loss(logits, x.repeat(samples, 1, 1, 1), "bce").view(samples, -1)
+    # q(z | x, y) is a diagonal Gaussian: its density per dimension, summed
+    log_q = (-0.5 * eps.pow(2) - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    log_p = model.prior(y).log_prob(z)
+    if model.prior_weights.shape[1] == 1:  # a Gaussian prior: the KL in closed form
+        posterior = MultivariateNormal(mu, scale_tril=torch.diag_embed(std), validate_args=False)
+        gaussian = MultivariateNormal(model.prior_mean[y, 0], scale_tril=model.prior_scale_tril[y, 0])
+        kl = kl_divergence(posterior, gaussian)
+    else:  # a mixture has none: estimate it with the same draws
+        kl = (log_q - log_p).mean(0)
+    reconstruction = -log_px.mean(0)
+    log_w = log_px + log_p - log_q
+    return {
+        "kl": kl,
+        "reconstruction": reconstruction,
+        "neg_elbo": reconstruction + kl,
+        "iw_nll": math.log(samples) - torch.logsumexp(log_w, dim=0),
+    }

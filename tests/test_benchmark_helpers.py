@@ -36,3 +36,22 @@ def test_an_environments_parameters_are_read_over_base(monkeypatch):
     report = environment_parameters("report")
     assert report.model.conditioning == "one_hot" and report.training.beta == 1.0
     assert report.evaluation == environment_parameters("base").evaluation  # not pinned: from conf/base
+
+
+def test_conf_report_trains_the_reports_published_architecture(monkeypatch):
+    """The benchmarks' reference (the report's nn_CVAE as published) and our CVAE under
+    conf/report: the same layers, shapes and forward pass, so the same arithmetic."""
+    import torch  # noqa: PLC0415
+    from _report import ReportCVAE  # noqa: PLC0415
+
+    from cvae_mnist.model import CVAE  # noqa: PLC0415
+
+    monkeypatch.chdir(REPO)
+    ours, theirs = CVAE(environment_parameters("report").model), ReportCVAE()
+    assert [p.shape for p in ours.parameters()] == [p.shape for p in theirs.parameters()]
+    for mine, published in zip(ours.parameters(), theirs.parameters()):
+        mine.data.copy_(published.data)
+    x, y = torch.rand(5, 1, 28, 28), torch.arange(5)
+    mu, logvar = ours.encode(x, y)
+    torch.testing.assert_close((mu, logvar), theirs.encode(x, y))
+    torch.testing.assert_close(torch.sigmoid(ours.decode(mu, y)), theirs.decode(mu, y))

@@ -105,8 +105,10 @@ def _training_runs(project: Path) -> list:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The same training three ways: two processes; one process with the same global batch;
-    two processes interrupted after epoch 1 and resumed."""
-    two, one, resumed = (_project(tmp_path_factory.mktemp(name)) for name in ("two", "one", "resumed"))
+    and, at a constant learning rate, two processes straight or stopped after epoch 1 and resumed."""
+    two, one, straight, resumed = (
+        _project(tmp_path_factory.mktemp(name)) for name in ("two", "one", "straight", "resumed")
+    )
     runs = {"two": _torchrun(two, "--pipeline", "training", "--env", "test", "--params", COMPARABLE)}
     runs["one"] = subprocess.run(
         [BIN / "kedro", "run", "--pipeline", "training", "--env", "test", "--params"]
@@ -118,15 +120,18 @@ def trained(tmp_path_factory):
         timeout=300,
         check=False,
     )
+    # resuming with more epochs needs a constant learning rate (a schedule spans the epochs)
+    constant = f"{COMPARABLE},training.lr_schedule=constant"
+    runs["straight"] = _torchrun(straight, "--pipeline", "training", "--env", "test", "--params", constant)
     runs["first epoch"] = _torchrun(
-        resumed, "--pipeline", "training", "--env", "test", "--params", f"{COMPARABLE},training.epochs=1"
+        resumed, "--pipeline", "training", "--env", "test", "--params", f"{constant},training.epochs=1"
     )
     runs["resumed"] = _torchrun(
-        resumed, "--pipeline", "training", "--env", "test", "--params", f"{COMPARABLE},training.resume=true"
+        resumed, "--pipeline", "training", "--env", "test", "--params", f"{constant},training.resume=true"
     )
     for name, run in runs.items():
         assert run.returncode == 0, f"{name}: {(run.stdout + run.stderr)[-3000:]}"
-    return {"two": two, "one": one, "resumed": resumed}, runs
+    return {"two": two, "one": one, "straight": straight, "resumed": resumed}, runs
 
 
 def test_two_processes_train_what_one_trains_with_the_same_global_batch(trained):
@@ -153,7 +158,7 @@ def test_only_rank_0_writes_one_model_and_one_mlflow_run(trained):
 
 def test_a_resumed_torchrun_training_ends_with_the_same_weights(trained):
     projects, _ = trained
-    resumed, straight = _weights(projects["resumed"]), _weights(projects["two"])
+    resumed, straight = _weights(projects["resumed"]), _weights(projects["straight"])
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], atol=0, rtol=0, msg=key)
 

@@ -124,13 +124,13 @@ def test_a_stale_input_stops_the_run_naming_it_and_the_command_that_rebuilds_it(
     )
     assert metrics.read_text() == before
     # a model trained on other data is stale too, and a subset's classifier never replaces the shared one
-    subset = _run(project, "--params", "data_ingestion.n_train=60")
+    subset = _run(project, "--params", "data_ingestion.n_train=120")
     assert subset.returncode == 0, subset.stderr[-3000:]
     assert classifier.read_bytes() == shared
     ingested = _run(project, "--pipeline", "data_ingestion")
     assert ingested.returncode == 0, ingested.stderr[-3000:]
     line = _one_error_line(_run(project, "--pipeline", "evaluation"))
-    assert line.startswith("Error: data/06_models/cvae.pt was made with data_ingestion.n_train = 60"), line
+    assert line.startswith("Error: data/06_models/cvae.pt was made with data_ingestion.n_train = 120"), line
     assert "rebuild it with `kedro run --pipeline training --env test`" in line
     assert _run(project, "--pipeline", "training").returncode == 0
     assert _run(project, "--pipeline", "evaluation").returncode == 0

@@ -28,7 +28,8 @@ def data(tiny_raw):
 
 
 def _train(data, model=MODEL, store=None, **training):
-    params = TrainingParams(**{"batch_size": 32, "device": "cpu", "epochs": 2, **training})
+    settings = {"batch_size": 32, "device": "cpu", "epochs": 2, "lr": 1e-3, "lr_schedule": "constant"}
+    params = TrainingParams(**{**settings, **training})
     return train_cvae(model, *data, params, seed=0, checkpoint=store)
 
 

@@ -37,24 +37,24 @@ class ModelParams(Section):
     num_classes: Literal[10] = Field(10, description="MNIST's ten digits")
     latent_dim: int = Field(100, ge=1, le=1024, description="size of z")
     base_channels: int = Field(32, ge=1, le=256, description="channels of the first convolution")
-    conditioning: Literal["one_hot", "embedding"] = Field("embedding", description="how the label is fed")
+    conditioning: Literal["one_hot", "embedding"] = Field("one_hot", description="how the label is fed")
     embedding_dim: int = Field(16, ge=1, le=256, description="size of the learned label embedding")
-    normalization: Literal["none", "batch"] = Field("batch", description="after the inner convolutions")
-    residual_blocks: int = Field(1, ge=0, le=8, description="3x3 residual blocks at the deepest resolution")
+    normalization: Literal["none", "batch"] = Field("none", description="after the inner convolutions")
+    residual_blocks: int = Field(0, ge=0, le=8, description="3x3 residual blocks at the deepest resolution")
     prior: Literal["standard_normal", "fitted"] = Field("fitted", description="p(z | y)")
-    prior_components: int = Field(5, ge=1, le=32, description="Gaussians per class of the fitted prior")
+    prior_components: int = Field(10, ge=1, le=32, description="Gaussians per class of the fitted prior")
 
 
 class TrainingParams(Section):
     batch_size: int = Field(128, ge=1, le=60_000)
     test_batch_size: int = Field(128, ge=1, le=60_000)
-    epochs: int = Field(10, ge=1, le=1000)
-    lr: float = Field(1e-3, gt=0, allow_inf_nan=False, description="Adam's learning rate")
+    epochs: int = Field(8, ge=1, le=1000)
+    lr: float = Field(4e-3, gt=0, allow_inf_nan=False, description="Adam's learning rate (a schedule's peak)")
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="Adam's beta1: the report's momentum 0.9")
     loss: Literal["bce", "mse"] = Field("bce", description="reconstruction term")
     beta: float = Field(0.2, ge=0, allow_inf_nan=False, description="weight of the KL term")
     kl_warmup_epochs: float = Field(0.0, ge=0, allow_inf_nan=False)
-    lr_schedule: Literal["constant", "onecycle", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "onecycle", "cosine"] = "onecycle"
     augment_rotation: float = Field(0.0, ge=0, le=180, description="random rotation, up to +- degrees")
     augment_shift: float = Field(0.0, ge=0, le=14, description="random shift, up to +- pixels")
     device: Device = "auto"

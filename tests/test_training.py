@@ -85,6 +85,23 @@ def test_the_kl_weight_ramps_up_over_the_warmup_steps():
     assert CVAEObjective("bce", beta=0.5).kl_weight(0) == 0.5
 
 
+def test_an_epoch_without_a_progress_bar_trains_the_same(data):
+    """Benchmarks train without a bar (``description=None``), over more than 20 batches."""
+    train, _ = data
+
+    def objective(model, x, y, step):
+        return {"loss": model(x.mean((1, 2, 3))[:, None]).square().mean()}
+
+    losses = []
+    for description in ("epoch 1", None):
+        torch.manual_seed(0)
+        trainer = Trainer(
+            torch.nn.Linear(1, 1), objective, lr=0.01, total_steps=25, device=torch.device("cpu"), name="t"
+        )
+        losses.append(trainer.train_epoch(train, 4, torch.Generator().manual_seed(0), description))
+    assert losses[0] == losses[1] and trainer.step == len(train["labels"]) // 4 > 20
+
+
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
 def test_a_learning_rate_schedule_steps_once_per_batch(data, schedule):
     train, _ = data

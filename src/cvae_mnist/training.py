@@ -158,10 +158,11 @@ class Trainer:
         self.model.train()
         sums: dict[str, float] = {}
         images_per_step = batch_size * self.world.size
+        shown = description if self.world.main else None  # one progress bar, rank 0's
         bar = progress(
             batches(data, batch_size, generator, self.world),
             math.ceil(len(data["labels"]) // self.world.size * self.world.size / images_per_step),
-            description if self.world.main else None,
+            shown,
         )
         seen = 0
         for batch, (images, labels) in enumerate(bar, start=1):
@@ -178,7 +179,7 @@ class Trainer:
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value * len(labels)
             seen += len(labels)
-            if batch % 20 == 0 and self.world.main:
+            if batch % 20 == 0 and shown is not None:
                 bar.set_postfix(loss=f"{terms['loss']:.2f}", refresh=False)
         return {key: total / seen for key, total in sums.items()}
 

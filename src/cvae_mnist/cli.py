@@ -112,14 +112,12 @@ def _report_user_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
             code = training.serve(world)
             distributed.stop()
             raise SystemExit(code)
-        try:
-            return run_checked(*args, **kwargs)
-        finally:
-            try:
-                distributed.send("stop")
-            except RuntimeError:
-                pass  # a rank that died cannot be told; torchrun stops it
-            distributed.stop()
+        # On failure rank 0 exits without waiting for the others, which may be inside a
+        # collective of the training: torchrun stops them when a process exits with an error.
+        result = run_checked(*args, **kwargs)
+        distributed.send("stop")
+        distributed.stop()
+        return result
 
     def run_checked(*args: Any, **kwargs: Any) -> Any:
         _check_names(kwargs)

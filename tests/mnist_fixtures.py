@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,6 +51,9 @@ def write_tiny_mnist(folder: Path, **sizes: int) -> dict[str, str]:
 
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the virtual environment's programs: kedro, torchrun, mlflow
+# no usage data from child processes; log lines unwrapped, so that tests can read them
+CHILD_ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "250"}
 TINY_MODEL = {"image_size": 28, "num_classes": 10, "latent_dim": 4, "base_channels": 4}
 TINY_TRAINING = {"epochs": 2, "batch_size": 32, "test_batch_size": 32, "device": "cpu"}
 
@@ -107,3 +113,20 @@ def raises_user_error(kind, match=None):
     with pytest.raises(Exception, match=match) as excinfo:
         yield excinfo
     assert isinstance(find_user_error(excinfo.value), kind)
+
+
+def run_program(
+    project: Path, program: str, *args: str, timeout: float = 600, **popen
+) -> subprocess.CompletedProcess:
+    """``program`` of the virtual environment (``kedro``, ``torchrun``, ...) with ``args``, run in
+    ``project`` as a user would; its output captured, its exit code left to the test."""
+    return subprocess.run(
+        [BIN / program, *args],
+        cwd=project,
+        env=popen.pop("env", CHILD_ENV),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **popen,
+    )

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,10 +17,8 @@ import torch
 from cvae_mnist.distributed import World
 from cvae_mnist.params import TrainingParams
 from cvae_mnist.training import CVAEObjective, batches, scaled_lr
-from mnist_fixtures import make_test_project, run_session, tracking_uri
+from mnist_fixtures import BIN, CHILD_ENV, make_test_project, run_program, run_session, tracking_uri
 
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "250"}  # log lines unwrapped
 # fp32 and no batch norm: then N processes compute exactly what one process computes with
 # the global batch, but for the order of floating-point sums (batch norm keeps per-rank
 # statistics on the CPU)
@@ -77,16 +74,11 @@ def _project(root: Path) -> Path:
     return project
 
 
-def _torchrun(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [BIN / "torchrun", "--standalone", "--nproc_per_node", "2", "-m", "cvae_mnist", "run", *args],
-        cwd=project,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+TORCHRUN = ("--standalone", "--nproc_per_node", "2", "-m", "cvae_mnist", "run")
+
+
+def _torchrun(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_program(project, "torchrun", *TORCHRUN, *args, timeout=300)
 
 
 def _weights(project: Path) -> dict[str, torch.Tensor]:
@@ -110,16 +102,10 @@ def trained(tmp_path_factory):
         _project(tmp_path_factory.mktemp(name)) for name in ("two", "one", "straight", "resumed")
     )
     runs = {"two": _torchrun(two, "--pipeline", "training", "--env", "test", "--params", COMPARABLE)}
-    runs["one"] = subprocess.run(
-        [BIN / "kedro", "run", "--pipeline", "training", "--env", "test", "--params"]
-        + [f"{COMPARABLE},training.batch_size=64,training.test_batch_size=64"],
-        cwd=one,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    runs["one"] = run_program(
+        one, "kedro", "run", "--pipeline", "training", "--env", "test", "--params",
+        f"{COMPARABLE},training.batch_size=64,training.test_batch_size=64",
+    )  # fmt: skip
     # resuming with more epochs needs a constant learning rate (a schedule spans the epochs)
     constant = f"{COMPARABLE},training.lr_schedule=constant"
     runs["straight"] = _torchrun(straight, "--pipeline", "training", "--env", "test", "--params", constant)
@@ -186,10 +172,13 @@ def test_more_processes_than_images_is_one_line(tmp_path):
 def test_a_rank_that_dies_stops_the_others_and_is_named(tmp_path):
     project = _project(tmp_path)
     job = subprocess.Popen(
-        [BIN / "torchrun", "--standalone", "--nproc_per_node", "2", "-m", "cvae_mnist", "run"]
-        + ["--pipeline", "training", "--env", "test", "--params", "training.epochs=1000"],
+        [
+            BIN / "torchrun",
+            *TORCHRUN,
+            *("--pipeline", "training", "--env", "test", "--params", "training.epochs=1000"),
+        ],
         cwd=project,
-        env=ENV,
+        env=CHILD_ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

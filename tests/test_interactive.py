@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from mnist_fixtures import REPO, make_test_project, run_session
+from mnist_fixtures import REPO, make_test_project, run_program, run_session
 
 NOTEBOOK = REPO / "notebooks" / "quick_start.ipynb"
 
@@ -52,15 +49,9 @@ def test_the_quick_start_notebook_runs_top_to_bottom(project, monkeypatch):
 def test_kedro_ipython_starts_the_projects_own_ipython(project):
     # PATH without the virtual environment: Kedro's own command would start another IPython
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "KEDRO_DISABLE_TELEMETRY": "1"}
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "kedro"), "ipython", "--env", "test", "--no-banner"]
-        + ["-c", "print(sorted(catalog.filter('mnist_')))"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run_program(
+        project, "kedro", "ipython", "--env", "test", "--no-banner",
+        "-c", "print(sorted(catalog.filter('mnist_')))", env=env, timeout=300,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "['mnist_raw', 'mnist_test', 'mnist_train']" in done.stdout

@@ -4,32 +4,19 @@ scored, node timings out of the curves' way, a relocatable store, a quiet start.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from cvae_mnist.serving import MODEL_NAME
-from mnist_fixtures import make_test_project, run_session, tracking_uri
-
-KEDRO = str(Path(sys.executable).parent / "kedro")
-CHILD_ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+from mnist_fixtures import make_test_project, run_program, run_session, tracking_uri
 
 
 def _run(project: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [KEDRO, "run", *args],
-        cwd=project,
-        env=CHILD_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = run_program(project, "kedro", "run", *args, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return result
 

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -23,10 +22,7 @@ import pytest
 import yaml
 
 from cvae_mnist.serving import CHAMPION, MODEL_NAME
-from mnist_fixtures import make_test_project
-
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "250"}
+from mnist_fixtures import BIN, CHILD_ENV, make_test_project, run_program
 
 
 def _free_port() -> int:
@@ -51,15 +47,7 @@ def _server_project(root: Path, uri: str, credentials: dict | None = None) -> Pa
 
 
 def _kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [BIN / "kedro", "run", "--env", "server", *args],
-        cwd=project,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return run_program(project, "kedro", "run", "--env", "server", *args)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +59,7 @@ def server(tmp_path_factory):
         + ["--serve-artifacts", "--artifacts-destination", str(folder / "artifacts")]
         + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         cwd=folder,
-        env={**ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+        env={**CHILD_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
         stdout=(folder / "server.log").open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -131,10 +119,9 @@ def test_the_run_its_parameters_histories_artifacts_and_model_are_on_the_server(
 
 def test_the_champion_is_served_from_the_servers_registry(recorded):
     uri, _, _ = recorded
-    found = subprocess.run(
-        [BIN / "python", "-m", "cvae_mnist.serving"], env={**ENV, "MLFLOW_TRACKING_URI": uri},
-        capture_output=True, text=True, check=True, timeout=120,
-    ).stdout.strip()  # fmt: skip
+    found = run_program(
+        Path.cwd(), "python", "-m", "cvae_mnist.serving", env={**CHILD_ENV, "MLFLOW_TRACKING_URI": uri}
+    ).stdout.strip()
     assert found == f"models:/{MODEL_NAME}@{CHAMPION}"  # what `make serve MLFLOW_TRACKING_URI=...` serves
     previous = mlflow.get_tracking_uri()  # other tests of this process may have set one
     mlflow.set_tracking_uri(uri)

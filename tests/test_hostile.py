@@ -9,7 +9,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,27 +16,18 @@ import mlflow
 import pytest
 import torch
 from click.testing import CliRunner
+from kedro.framework.startup import bootstrap_project
 
 from cvae_mnist.cli import cli
 from cvae_mnist.datasets import CVAEDataset
 from cvae_mnist.saving import write_tensors
-from mnist_fixtures import make_test_project, run_session, tracking_uri
+from mnist_fixtures import BIN, CHILD_ENV, make_test_project, run_program, run_session, tracking_uri
 
-KEDRO = str(Path(sys.executable).parent / "kedro")
-CHILD_ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+KEDRO = str(BIN / "kedro")
 
 
 def _run(project: Path, *args: str, **popen) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [KEDRO, "run", "--env", "test", *args],
-        cwd=project,
-        env=CHILD_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        **popen,
-    )
+    return run_program(project, "kedro", "run", "--env", "test", *args, timeout=300, **popen)
 
 
 def _one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -174,7 +164,9 @@ def test_a_device_that_is_not_there_is_refused_before_training(project):
 
 
 def _cli(project: Path, monkeypatch, *args: str):
+    """`kedro run` in this process, the project bootstrapped as Kedro's command line does."""
     monkeypatch.chdir(project)
+    bootstrap_project(project)
     return CliRunner().invoke(cli, ["run", *args])
 
 
@@ -197,6 +189,8 @@ def test_a_pipeline_or_environment_that_does_not_exist(project, monkeypatch, arg
     ("file", "text", "message"),
     [
         ("parameters_more.yml", "training:\n  epochs: [1\n", "Error: Invalid YAML or JSON file"),
+        # a section that is not a mapping, in a second parameters file
+        ("parameters_more.yml", "training: 5\n", "Error: Parameter training = 5 is invalid"),
         (
             "catalog_more.yml",
             "metrics:\n  typo: pandas.CSVDataset\n",
@@ -218,6 +212,16 @@ def test_a_configuration_file_kedro_cannot_use_is_one_line(project, monkeypatch,
         extra.unlink()
     assert result.exit_code == 1 and message in result.output, result.output[-3000:]
     assert "Traceback" not in result.output and result.output.strip().splitlines()[-1].startswith("Error:")
+
+
+def test_an_empty_parameter_section_is_one_line(project):
+    extra = project / "conf" / "test" / "parameters_more.yml"
+    extra.write_text("training:\n")
+    try:
+        line = _one_error_line(_run(project))
+    finally:
+        extra.unlink()
+    assert line == "Error: Parameter training is empty: it must be a mapping of keys to values."
 
 
 def _unwritable(folder: Path) -> list[str]:

@@ -20,7 +20,4 @@ CONFIG_LOADER_ARGS = {
     # An environment (conf/local, conf/smoke, --env X) overrides parameters, globals and
     # mlflow.yml key by key, so conf/local/parameters.yml may hold just `training: {epochs: 2}`.
     "merge_strategy": {"parameters": "soft", "globals": "soft", "mlflow": "soft"},
-    # kedro-mlflow's own pattern for mlflow.yml, declared here so that the project's hooks
-    # can read it before kedro-mlflow does
-    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]},
 }

@@ -58,6 +58,8 @@ class MlflowTrackingHook(MlflowHook):
     @hook_impl
     def after_context_created(self, context: Any) -> None:
         if mlflow.active_run() is None:  # kedro-mlflow would retry an unreachable server for minutes
+            patterns = context.config_loader.config_patterns  # kedro-mlflow's own, set before it reads it
+            patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])
             try:
                 settings = context.config_loader["mlflow"]
             except MissingConfigException:

@@ -102,6 +102,9 @@ def test_the_graph_shows_every_pipelines_nodes_and_the_parameters(page):
     if target := os.environ.get("CVAE_VIZ_SCREENSHOT"):
         page.goto(page.url.split("?")[0] + "?types=nodes,datasets,parameters")  # pipelines collapsed
         page.locator(".pipeline-node").first.wait_for()
+        dismiss = page.get_by_text("Dismiss", exact=True)  # Kedro-Viz's upgrade banner, offline
+        if dismiss.count():
+            dismiss.first.click()
         page.wait_for_timeout(2000)
         page.screenshot(path=target)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import mlflow
 import torch
+import yaml
 from kedro.framework.hooks import hook_impl
 from kedro.io import CachedDataset
 from kedro.pipeline import Pipeline
@@ -41,6 +42,31 @@ def local_file(dataset: Any) -> Path | None:
     return Path(str(filepath)) if filepath else None
 
 
+def _check_sections_are_mappings(context: Any) -> None:
+    """Refuse a section that is empty or a number in any parameters file. Kedro merges the
+    files of one environment in no fixed order and sees no clash between ``training:`` in one
+    file and ``training: {epochs: 2}`` in another, so such a section would otherwise be
+    dropped or kept by chance."""
+    loader = context.config_loader
+    conf = Path(loader.conf_source)
+    for env in dict.fromkeys([loader.base_env, context.env or loader.default_run_env]):
+        folder = conf / env if env else None
+        if folder is None or not folder.is_dir():
+            continue
+        files = {path for pattern in loader.config_patterns["parameters"] for path in folder.glob(pattern)}
+        for path in sorted(p for p in files if p.suffix in {".yml", ".yaml", ".json"}):
+            try:
+                sections = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError:
+                continue  # Kedro's own loader names the line
+            for name, value in sections.items() if isinstance(sections, dict) else ():
+                if name in ProjectParameters.model_fields and name != "seed" and not isinstance(value, dict):
+                    state = "is empty" if value is None else f"= {value!r} is invalid"
+                    raise ParameterError(
+                        f"Parameter {name} {state}: it must be a mapping of keys to values ({path})."
+                    )
+
+
 class ParametersHook:
     """Refuse unknown top-level keys, a bad seed and an unavailable device before anything runs.
 
@@ -50,6 +76,7 @@ class ParametersHook:
 
     @hook_impl(tryfirst=True)
     def after_context_created(self, context: Any) -> None:
+        _check_sections_are_mappings(context)
         try:
             parameters = ProjectParameters.model_validate(context.params)
         except ValidationError as error:

@@ -191,6 +191,7 @@ def test_a_pipeline_or_environment_that_does_not_exist(project, monkeypatch, arg
         ("parameters_more.yml", "training:\n  epochs: [1\n", "Error: Invalid YAML or JSON file"),
         # a section that is not a mapping, in a second parameters file
         ("parameters_more.yml", "training: 5\n", "Error: Parameter training = 5 is invalid"),
+        ("parameters_more.yml", "training:\n", "Error: Parameter training is empty: it must be a mapping"),
         (
             "catalog_more.yml",
             "metrics:\n  typo: pandas.CSVDataset\n",
@@ -212,17 +213,6 @@ def test_a_configuration_file_kedro_cannot_use_is_one_line(project, monkeypatch,
         extra.unlink()
     assert result.exit_code == 1 and message in result.output, result.output[-3000:]
     assert "Traceback" not in result.output and result.output.strip().splitlines()[-1].startswith("Error:")
-
-
-def test_an_empty_parameter_section_is_one_line(project):
-    extra = project / "conf" / "test" / "parameters_more.yml"
-    extra.write_text("training:\n")
-    try:
-        line = _one_error_line(_run(project))
-    finally:
-        extra.unlink()
-    assert line.startswith("Error: Parameter training is empty: it must be a mapping of keys to values (")
-    assert line.endswith("parameters_more.yml).")
 
 
 def _unwritable(folder: Path) -> list[str]:

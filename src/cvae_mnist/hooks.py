@@ -49,10 +49,8 @@ def _check_sections_are_mappings(context: Any) -> None:
     dropped or kept by chance."""
     loader = context.config_loader
     conf = Path(loader.conf_source)
-    for env in dict.fromkeys([loader.base_env, context.env or loader.default_run_env]):
-        folder = conf / env if env else None
-        if folder is None or not folder.is_dir():
-            continue
+    for env in {loader.base_env, context.env or loader.default_run_env} - {None}:
+        folder = conf / env
         files = {path for pattern in loader.config_patterns["parameters"] for path in folder.glob(pattern)}
         for path in sorted(p for p in files if p.suffix in {".yml", ".yaml", ".json"}):
             try:

@@ -6,7 +6,7 @@ PYTHON ?= python3
 export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install run report smoke test lint viz viz-build mlflow-ui tracking-server serve benchmark ablations clean
+.PHONY: install run report smoke test lint viz viz-build mlflow-ui tracking-server serve benchmark ablations device-check clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,9 @@ benchmark: install  ## time to quality and training speed: the report's loop aga
 
 ablations: install  ## the report's next steps, one change at a time from the default (needs a full run first)
 	$(BIN)/python benchmarks/ablations.py
+
+device-check: install  ## the GPU (or MPS) path end to end in a few minutes (docs/device-check.md)
+	$(BIN)/python benchmarks/device_check.py --device auto
 
 clean:  ## remove generated data, runs and the venv (keeps the raw MNIST files)
 	find data -mindepth 2 -not -name .gitkeep -not -path 'data/01_raw/*' -delete

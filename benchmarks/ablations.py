@@ -15,7 +15,7 @@ data/08_reporting/ablations.csv, and the table so far is printed as Markdown. On
 data/08_reporting/ablations_ablation_b.csv).
 
 `prior_*` variants reuse the network trained by `default` (training.resume=true: a
-finished run is not retrained, only its prior is fitted again), so `default` runs first.
+finished run is not retrained, only its prior is fitted again): they run right after `default`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,8 +33,17 @@ from pathlib import Path
 # name -> (what changes, --params); each is one change from conf/base/parameters.yml
 VARIANTS: dict[str, tuple[str, str]] = {
     "default": ("nothing (the default configuration)", ""),
-    "prior_standard_normal": ("prior N(0, I), as the report", "model.prior=standard_normal,training.resume=true"),
-    "prior_5": ("prior: 5 Gaussians per class, not 10", "model.prior_components=5,training.resume=true"),
+    "seed_2": ("seed 2", "seed=2"),
+    "seed_3": ("seed 3", "seed=3"),
+    "no_swap": ("no swap critic (swap_weight 0)", "training.swap_weight=0.0"),
+    "previous_default": ("no swap critic, label at the decoder's input only", "training.swap_weight=0.0,model.decoder_conditioning=input"),
+    "input_conditioning": ("label at the decoder's input only (no FiLM)", "model.decoder_conditioning=input"),
+    "swap_1": ("swap critic weight 1, not 2", "training.swap_weight=1.0"),
+    "adversary_3": ("a label adversary on mu (weight 3), no swap critic", "training.adversary_weight=3.0,training.swap_weight=0.0"),
+    "prior_flow": ("prior: the conditional flow", "prior.kind=flow,training.resume=true"),
+    "prior_mixture_20": ("prior: 20 Gaussians per class, not 10", "prior.components=20,training.resume=true"),
+    "prior_standard_normal": ("prior N(0, I), as the report", "prior.kind=standard_normal,training.resume=true"),
+    "prior_5": ("prior: 5 Gaussians per class, not 10", "prior.components=5,training.resume=true"),
     "beta_1": ("beta 1.0 (the report's KL weight)", "training.beta=1.0"),
     "kl_warmup": ("KL warm-up over the first epoch", "training.kl_warmup_epochs=1"),
     "embedding": ("a learned 16-dimensional label embedding, not one-hot", "model.conditioning=embedding"),
@@ -45,9 +55,10 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "epochs_16": ("16 epochs (twice as many)", "training.epochs=16"),
 }  # fmt: skip
 
+FIGURES = ("label_swap", "generated_digits")  # copied per variant to data/08_reporting/<env>/variants/
 SHOWN = {  # column -> decimals shown
-    "bce_per_image": 2, "mse_per_image": 3, "ssim": 4, "psnr": 2,
-    "neg_elbo_per_image": 2, "iw_nll": 2, "cond_accuracy": 4, "fid": 2,
+    "label_swap_accuracy": 3, "bce_per_image": 2, "mse_per_image": 3, "ssim": 4, "psnr": 2,
+    "kl_per_image": 2, "iw_nll": 2, "cond_accuracy": 4, "fid": 2,
 }  # fmt: skip
 
 
@@ -61,8 +72,13 @@ def run(name: str, params: str, env: str) -> dict[str, str]:
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"Error: the variant {name} failed (exit {result.returncode}); see the log above.")
-    with (Path("data/08_reporting") / env / "metrics.csv").open() as handle:
+    reporting = Path("data/08_reporting") / env
+    with (reporting / "metrics.csv").open() as handle:
         (row,) = csv.DictReader(handle)
+    kept = reporting / "variants"  # each variant's figures, for a side-by-side look
+    kept.mkdir(exist_ok=True)
+    for figure in FIGURES:
+        shutil.copyfile(reporting / f"{figure}.png", kept / f"{name}_{figure}.png")
     return {
         "variant": name,
         "change": VARIANTS[name][0],
@@ -103,6 +119,11 @@ def main() -> None:
         "ablations.csv" if args.env == "ablation" else f"ablations_{args.env}.csv"
     )
     names = args.only or list(VARIANTS)
+    if "default" in names:  # prior_* variants resume the network the last training run left: default's
+        refits = [name for name in names if name.startswith("prior_")]
+        others = [name for name in names if name not in refits]
+        at = others.index("default") + 1
+        names = others[:at] + refits + others[at:]
     results: dict[str, dict[str, str]] = {}
     if args.only and results_file.exists():  # keep the variants not run again
         with results_file.open() as handle:

@@ -117,7 +117,7 @@ def parameter_cases() -> list[tuple[str, str]]:
         ("image size 32", "model.image_size=32"),
         ("5 classes", "model.num_classes=5"),
         ("unknown architecture", "model.architecture=resnet"),
-        ("0 prior components", "model.prior_components=0"),
+        ("0 prior components", "prior.components=0"),
         ("CUDA on a machine without", "evaluation.device=cuda"),
         ("0 importance samples", "evaluation.iw_samples=0"),
         ("10**8 generated digits", "generation.n_samples=10**8"),

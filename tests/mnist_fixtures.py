@@ -56,6 +56,7 @@ BIN = Path(sys.executable).parent  # the virtual environment's programs: kedro, 
 CHILD_ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "250"}
 TINY_MODEL = {"image_size": 28, "num_classes": 10, "latent_dim": 4, "base_channels": 4}
 TINY_TRAINING = {"epochs": 2, "batch_size": 32, "test_batch_size": 32, "device": "cpu"}
+TINY_PRIOR = {"kind": "flow", "flow_transforms": 1, "flow_hidden": 16, "epochs": 2, "batch_size": 64}
 
 
 def make_test_project(
@@ -84,6 +85,7 @@ def make_test_project(
     (folder / "catalog.yml").write_text(yaml.safe_dump({"mnist_raw": catalog["mnist_raw"]}))
     parameters = {
         "model": TINY_MODEL,
+        "prior": TINY_PRIOR,
         "training": {**TINY_TRAINING, **(training or {})},
         "evaluation": {"batch_size": 16, "device": "cpu", "samples_per_class": 20},
         "classifier": {"epochs": 1},

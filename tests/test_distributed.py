@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -83,7 +84,7 @@ def _torchrun(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 def _weights(project: Path) -> dict[str, torch.Tensor]:
     saved = torch.load(project / "data" / "06_models" / "cvae.pt", weights_only=True)["state_dict"]
-    return {key: value for key, value in saved.items() if not key.startswith("prior_")}  # fitted after
+    return {key: value for key, value in saved.items() if not key.startswith("prior.")}  # fitted after
 
 
 def _training_runs(project: Path) -> list:
@@ -131,6 +132,33 @@ def test_two_processes_train_what_one_trains_with_the_same_global_batch(trained)
         torch.testing.assert_close(two[key], one[key], atol=TOLERANCE, rtol=0, msg=key)
     history = json.loads((projects["two"] / "data" / "08_reporting" / "training_history.json").read_text())
     assert history["train_loss"][-1] < history["train_loss"][0]
+
+
+def test_two_machines_train_what_one_process_trains_with_the_global_batch(trained, tmp_path):
+    """Two torchrun "nodes" of one process each, as the README tells a cluster user to start
+    them (c10d rendezvous on 127.0.0.1), in one project folder: whichever becomes rank 0
+    writes there."""
+    projects, _ = trained
+    project = _project(tmp_path)
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    node = [
+        str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_id", "test",
+        "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "-m", "cvae_mnist", "run",
+        "--pipeline", "training", "--env", "test", "--params", COMPARABLE,
+    ]  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            node, cwd=project, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [job.communicate(timeout=600)[0] for job in nodes]
+    assert [job.returncode for job in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    two_nodes, one = _weights(project), _weights(projects["one"])
+    for key in one:
+        torch.testing.assert_close(two_nodes[key], one[key], atol=TOLERANCE, rtol=0, msg=key)
 
 
 def test_only_rank_0_writes_one_model_and_one_mlflow_run(trained):

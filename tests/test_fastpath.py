@@ -19,9 +19,9 @@ from cvae_mnist.fastpath import (
     subpixel_conv_transpose2d,
 )
 from cvae_mnist.model import CVAE, ConditionedConv2d
-from cvae_mnist.params import ModelParams
+from cvae_mnist.params import ModelParams, PriorParams
 
-SMALL = {"latent_dim": 6, "base_channels": 4, "prior": "standard_normal"}
+SMALL = {"latent_dim": 6, "base_channels": 4}
 CONFIGS = {
     "two_stage, report's layers": ModelParams(**SMALL, conditioning="one_hot", normalization="none", residual_blocks=0),
     "two_stage, default layers": ModelParams(**SMALL, embedding_dim=3),
@@ -173,7 +173,7 @@ def test_nothing_is_swapped_on_devices_where_it_was_not_measured(device):
 def test_inference_uses_the_fast_forms_and_leaves_a_model_that_can_still_be_trained():
     from cvae_mnist.inference import reconstruct  # noqa: PLC0415
 
-    model = CVAE(ModelParams(latent_dim=4, base_channels=4))
+    model = CVAE(ModelParams(latent_dim=4, base_channels=4), PriorParams(kind="mixture"))
     images, labels = torch.rand(6, 1, 28, 28), torch.arange(6)
     with torch.no_grad():
         plain = model.eval().decode(model.encode(images, labels)[0], labels)
@@ -181,5 +181,5 @@ def test_inference_uses_the_fast_forms_and_leaves_a_model_that_can_still_be_trai
     # the layers are the plain ones again, their tensors ordinary (not inference) tensors
     assert type(model.conv1) is ConditionedConv2d
     assert not any(t.is_inference() for t in [*model.parameters(), *model.buffers()])
-    model.prior_mean[0] = 1.0  # the prior is fitted in place after evaluation-style encoding
+    model.prior.mean[0] = 1.0  # the prior is fitted in place after evaluation-style encoding
     model.train()(images, labels)[0].sum().backward()

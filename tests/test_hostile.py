@@ -69,10 +69,10 @@ def test_a_second_run_into_the_same_folders_stops_at_once_and_the_first_finishes
         stderr=subprocess.PIPE,
         text=True,
     )
-    lock = project / "data" / "06_models" / ".kedro-run.lock"
+    holder = project / "data" / "06_models" / ".kedro-run.holder"
     deadline = time.monotonic() + 120
     while (
-        not (lock.exists() and f"pid {first.pid}," in lock.read_text())
+        not (holder.exists() and f"pid {first.pid}," in holder.read_text())
         and first.poll() is None
         and time.monotonic() < deadline
     ):
@@ -84,7 +84,7 @@ def test_a_second_run_into_the_same_folders_stops_at_once_and_the_first_finishes
     assert first.returncode == 0, stderr[-3000:]
     (run,) = _runs(project)  # the refused run left no MLflow run
     assert run.data.params["seed"] == "1" and run.info.status == "FINISHED"
-    assert lock.read_text() == ""  # released, and no holder named any more
+    assert not holder.exists()  # released, and no holder named any more
 
 
 def test_the_evaluation_scores_the_model_object_its_own_run_trained(tmp_path, monkeypatch):

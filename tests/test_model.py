@@ -8,11 +8,15 @@ from cvae_mnist.inference import generate, likelihood_terms, reconstruct
 from cvae_mnist.losses import kl_divergence
 from cvae_mnist.model import CVAE
 from cvae_mnist.params import ModelParams
-from cvae_mnist.prior import fit_class_prior
 from cvae_mnist.saving import from_checkpoint, to_checkpoint
 from mnist_fixtures import raises_user_error
 
-PLAIN = {"conditioning": "one_hot", "normalization": "none", "residual_blocks": 0, "prior": "standard_normal"}
+PLAIN = {
+    "conditioning": "one_hot",
+    "normalization": "none",
+    "residual_blocks": 0,
+    "decoder_conditioning": "input",
+}
 
 
 def config(**changes) -> ModelParams:
@@ -172,83 +176,28 @@ def test_embedding_batch_norm_and_residual_blocks_shapes():
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 3 + 2 * 2 * 2
 
 
-def test_the_standard_normal_prior_samples_the_noise_itself(model):
-    noise, labels = torch.randn(9, 8), torch.arange(9)
-    assert torch.equal(model.prior_sample(labels, noise, torch.rand(9)), noise)
-
-
-def _clusters(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Latent codes of 10 classes, each two well-separated Gaussian clusters (weights 0.25 / 0.75)."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 10
-    centres = torch.randn(10, 2, 8, generator=generator) * 5
-    second = (torch.rand(n, generator=generator) < 0.75).long()
-    codes = centres[labels, second] + 0.5 * torch.randn(n, 8, generator=generator)
-    return codes, labels, centres
-
-
-def test_fit_class_prior_recovers_each_class_mixture():
-    model = CVAE(config(prior="fitted", prior_components=2))
-    codes, labels, centres = _clusters(40_000)
-    # posterior means at the clusters' points, each with variance 0.01 around it
-    fit_class_prior(model, codes, torch.full_like(codes, -4.6052), labels, seed=0)
-    for k in range(10):
-        order = model.prior_weights[k].argsort()  # the lighter component first
-        torch.testing.assert_close(
-            model.prior_weights[k][order], torch.tensor([0.25, 0.75]), atol=0.03, rtol=0
-        )
-        torch.testing.assert_close(
-            model.prior_mean[k][order], centres[k], atol=0.08, rtol=0
-        )  # 5 standard errors
-        covariance = model.prior_scale_tril[k] @ model.prior_scale_tril[k].transpose(-1, -2)
-        expected = (0.25 + 0.01) * torch.eye(8).expand(2, 8, 8)  # spread of the means + posterior variance
-        torch.testing.assert_close(covariance, expected, atol=0.05, rtol=0)  # ~4 standard errors
-    # generation draws from it: the draws of class 3 sit in its two clusters, 1 : 3
-    z = model.prior_sample(torch.full((8000,), 3), torch.randn(8000, 8), torch.rand(8000))
-    nearest = torch.cdist(z, centres[3]).argmin(1)
-    assert nearest.float().mean().item() == pytest.approx(0.75, abs=0.02)
-    log_p = model.prior(torch.full((2,), 3)).log_prob(centres[3])  # densest at the centres
-    assert (log_p > model.prior(torch.full((2,), 3)).log_prob(centres[3] + 2)).all()
-
-
-def test_fit_class_prior_needs_enough_images_per_class():
-    model = CVAE(config(prior="fitted", prior_components=3))
-    codes, labels, _ = _clusters(25)  # classes 0-4 have 3 images, 5-9 only 2
-    with pytest.raises(
-        ValueError, match="fitting 3 Gaussians to class 5 needs at least 3 training images of it, got 2"
-    ):
-        fit_class_prior(model, codes, torch.zeros_like(codes), labels, seed=0)
-
-
-def test_likelihood_terms_use_the_fitted_prior(model):
-    images, labels = torch.rand(5, 1, 28, 28), torch.arange(5)
-    before = likelihood_terms(
-        model, images, labels, samples=4, batch_size=8, device=torch.device("cpu"), seed=0
-    )
-    with torch.no_grad():
-        mu, logvar = model.encode(images, labels)
-        model.prior_mean[:5, 0] = mu  # a prior centred on each posterior: a smaller KL
-    after = likelihood_terms(
-        model, images, labels, samples=4, batch_size=8, device=torch.device("cpu"), seed=0
-    )
-    assert (after["kl"] < before["kl"]).all()
-    torch.testing.assert_close(after["reconstruction"], before["reconstruction"])  # same draws of z
-    expected_kl = 0.5 * (logvar.exp() - 1 - logvar).sum(1)  # KL(N(mu, s^2) || N(mu, 1))
-    torch.testing.assert_close(after["kl"], expected_kl, rtol=1e-4, atol=1e-4)
-
-
-def test_a_mixture_prior_kl_is_estimated_with_the_draws():
+def test_every_stage_conditioning_adds_a_film_after_each_decoder_relu_starting_as_the_identity():
     torch.manual_seed(0)
-    model = CVAE(config(prior="fitted", prior_components=2))
-    images, labels = torch.rand(3, 1, 28, 28), torch.arange(3)
-    # two identical components: the same density as one Gaussian, whose KL is known
-    estimated = likelihood_terms(model, images, labels, 4000, 4000, torch.device("cpu"), seed=0)["kl"]
-    assert model.prior_weights.shape == (10, 2)
-    single = CVAE(config())
-    single.load_state_dict(
-        {**model.state_dict(), **{k: v for k, v in single.state_dict().items() if "prior" in k}}
-    )
-    exact = likelihood_terms(single, images, labels, 4000, 4000, torch.device("cpu"), seed=0)["kl"]
-    torch.testing.assert_close(estimated, exact, rtol=0.05, atol=0.05)
-    again = likelihood_terms(model, images, labels, 4000, 4000, torch.device("cpu"), seed=0)["kl"]
-    assert torch.equal(again, estimated)  # deterministic per seed
+    film = CVAE(config(decoder_conditioning="every_stage"))
+    assert sorted(film.film) == [
+        "relu0",
+        "uprelu1",
+    ]  # two_stage: after the linear layer and the first up-stage
+    assert [f.project.out_features for f in film.film.values()] == [
+        2 * 8,
+        2 * 4,
+    ]  # scale and shift per channel
+    plain = CVAE(config())
+    plain.load_state_dict({k: v for k, v in film.state_dict().items() if not k.startswith("film.")})
+    z, labels = torch.randn(4, 8), torch.tensor([0, 3, 3, 9])
+    torch.testing.assert_close(
+        film.decode(z, labels), plain.decode(z, labels)
+    )  # zero-initialised: the identity
+    with torch.no_grad():
+        film.film["uprelu1"].project.bias[:4] = 1.0  # gamma = 1: the features doubled
+    assert not torch.allclose(film.decode(z, labels), plain.decode(z, labels))
+    with torch.no_grad():
+        film.film["uprelu1"].project.bias.zero_()
+        film.film["uprelu1"].project.weight[4:, 3] = 0.5  # a shift for label 3 only
+    changed = ~torch.isclose(film.decode(z, labels), plain.decode(z, labels)).flatten(1).all(1)
+    assert changed.tolist() == [False, True, True, False]

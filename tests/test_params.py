@@ -52,7 +52,8 @@ def test_the_report_environment_pins_the_reports_configuration():
         "none",
         0,
     )
-    assert model.prior == "standard_normal"
+    assert model.decoder_conditioning == "input" and report.prior.kind == "standard_normal"
+    assert report.training.adversary_weight == 0
     assert ProjectParameters.model_validate(_parameters("base")).model != model  # the point of having both
 
 

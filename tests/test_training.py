@@ -8,6 +8,7 @@ from cvae_mnist.datasets import CheckpointDataset
 from cvae_mnist.errors import ModelFileError, TrainingDivergedError
 from cvae_mnist.params import IngestionParams, ModelParams, TrainingParams
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
+from cvae_mnist.runtime import mixed_precision_dtype
 from cvae_mnist.training import CVAEObjective, Trainer, batches, train_cvae
 
 MODEL = ModelParams(
@@ -16,7 +17,7 @@ MODEL = ModelParams(
     conditioning="one_hot",
     normalization="none",
     residual_blocks=0,
-    prior="standard_normal",
+    decoder_conditioning="input",
 )
 DEFAULT_LAYERS = ModelParams(latent_dim=4, base_channels=4, embedding_dim=3)
 PLAIN = {"fast_path": "off", "mixed_precision": False}
@@ -61,16 +62,15 @@ def test_train_cvae_returns_a_plain_cpu_model_and_its_history(data):
     assert all(t.device.type == "cpu" and t.is_contiguous() for t in model.state_dict().values())
     assert type(model.conv1).__name__ == "ConditionedConv2d"  # the fast forms are gone after training
     assert history["epoch"] == [1, 2] and len(history["test_loss"]) == 2
-    assert set(history) == {"epoch", "seconds"} | {
-        f"{s}_{t}" for s in ("train", "test") for t in ("loss", "reconstruction", "kl")
-    }
+    terms = ("loss", "reconstruction", "kl", "critic", "swap")  # the swap critic is on by default
+    assert set(history) == {"epoch", "seconds"} | {f"{s}_{t}" for s in ("train", "test") for t in terms}
     assert history["train_loss"][1] < history["train_loss"][0]
 
 
 def test_a_diverging_run_names_epoch_batch_and_cause(data):
     with pytest.raises(
         TrainingDivergedError,
-        match=r"training loss became (nan|inf) at epoch 1/1, batch \d+\. The learning rate \(training.lr = 1e\+30\)",
+        match=r"training loss became (nan|inf) at epoch 1/1, by batch \d+\. The learning rate \(training.lr = 1e\+30\)",
     ):
         _train(data, epochs=1, lr=1e30)
 
@@ -179,14 +179,10 @@ class TestCheckpoints:
         self.assert_same_weights(resumed_model, full_model)
         assert resumed_history["train_loss"] == full_history["train_loss"]
 
-    def test_another_prior_resumes_a_finished_run_without_training(self, data, store):
-        fitted = MODEL.model_copy(update={"prior": "fitted", "prior_components": 3})
-        model, history = _train(data, fitted, store=store, epochs=1)
-        again, again_history = _train(data, MODEL, store=store, epochs=1, resume=True)
-        assert again_history == history
-        assert again.config.prior == "standard_normal" and again.prior_weights.shape == (10, 1)
-        trained = [k for k in model.state_dict() if not k.startswith("prior_")]
-        assert trained and all(torch.equal(again.state_dict()[k], model.state_dict()[k]) for k in trained)
+    def test_the_engine_trains_the_network_alone_and_leaves_the_prior_to_its_node(self, data, store):
+        model, _ = _train(data, store=store, epochs=1)
+        assert model.prior_config.kind == "standard_normal"
+        assert not any(key.startswith("prior.") for key in store.read()["trainer"]["model"])
 
     def test_a_schedule_cannot_resume_with_other_epochs(self, data, store):
         _train(data, store=store, epochs=1, lr_schedule="cosine")
@@ -226,7 +222,95 @@ class TestCheckpoints:
         monkeypatch.setattr(engine, "cvae_loss", nan_loss)
         with pytest.raises(
             TrainingDivergedError,
-            match=r"became nan at epoch 2/2, batch 1\..*The checkpoint of epoch 1 is kept in .*checkpoint.pt",
+            match=r"became nan at epoch 2/2, by batch 1\..*The checkpoint of epoch 1 is kept in .*checkpoint.pt",
         ):
             _train(data, store=store, resume=True)
         assert store.read()["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"), [((7, 5), None), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)]
+)
+def test_bf16_only_on_gpus_that_compute_it_natively(monkeypatch, capability, expected):
+    asked = []
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda device: asked.append(device) or capability
+    )
+    # a T4 or V100 (7.x) answers is_bf16_supported() with True by emulation: never asked
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert mixed_precision_dtype(torch.device("cuda", 1)) is expected
+    assert asked == [torch.device("cuda", 1)]  # the training's own GPU, not the current one
+
+
+def test_no_autocast_context_is_entered_without_mixed_precision(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("autocast entered")
+
+    monkeypatch.setattr(torch, "autocast", refuse)  # as torch < 2.5 does for MPS
+    model = torch.nn.Linear(2, 1)
+    trainer = Trainer(
+        model, lambda m, x, y, s: {"loss": m(x).sum()}, lr=0.1, total_steps=1, device=torch.device("cpu"),
+        name="t", mixed_precision=False,
+    )  # fmt: skip
+    assert trainer.autocast_dtype is None
+    trainer._step(torch.ones(3, 2), torch.zeros(3), 0)
+
+
+class TestDeviceRandomState:
+    """The random state a checkpoint keeps of the training device, and where it is restored."""
+
+    def test_the_cpu_keeps_no_device_state(self):
+        state = engine._rng_state(torch.Generator(), torch.device("cpu"))
+        assert state["device"] == {"type": "cpu", "state": None}
+
+    def test_a_gpu_keeps_its_own_generator_and_restores_it_on_its_own_device(self, monkeypatch):
+        calls = []
+        monkeypatch.setattr(
+            torch.cuda, "get_rng_state", lambda device: calls.append(("get", device)) or torch.ones(3)
+        )
+        monkeypatch.setattr(
+            torch.cuda, "set_rng_state", lambda s, device: calls.append(("set", device, s.sum().item()))
+        )
+        device = torch.device("cuda", 1)  # rank 1 of a job on a machine of 2 GPUs
+        state = engine._rng_state(torch.Generator(), device)
+        engine._set_rng_state(state, torch.Generator(), torch.device("cuda", 0))  # resumed on a 1-GPU host
+        assert calls == [("get", device), ("set", torch.device("cuda", 0), 3.0)]
+
+    def test_mps_keeps_its_generator(self, monkeypatch):
+        calls = []
+        monkeypatch.setattr(torch.mps, "get_rng_state", lambda: torch.full((2,), 7))
+        monkeypatch.setattr(torch.mps, "set_rng_state", lambda s: calls.append(s.tolist()))
+        state = engine._rng_state(torch.Generator(), torch.device("mps"))
+        engine._set_rng_state(state, torch.Generator(), torch.device("mps"))
+        assert calls == [[7, 7]]
+
+    def test_a_gpu_checkpoint_resumes_on_the_cpu_without_touching_cuda(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.ones(3))
+        state = engine._rng_state(torch.Generator().manual_seed(4), torch.device("cuda", 0))
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("CUDA touched")
+
+        monkeypatch.setattr(torch.cuda, "set_rng_state", refuse)
+        generator = torch.Generator()
+        engine._set_rng_state(state, generator, torch.device("cpu"))
+        assert torch.equal(generator.get_state(), torch.Generator().manual_seed(4).get_state())
+
+
+def test_an_epoch_reads_the_loss_back_every_few_batches_not_every_step(monkeypatch):
+    model = torch.nn.Linear(1, 1)
+    data = {"images": torch.rand(450, 1, 1, 1), "labels": torch.zeros(450, dtype=torch.long)}
+
+    def objective(m, x, y, step):
+        loss = m(x.flatten(1)).square().mean()
+        return {"loss": loss, "half": loss / 2}
+
+    trainer = Trainer(model, objective, lr=0.01, total_steps=45, device=torch.device("cpu"), name="t")
+    reads = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append(1) or item(self))
+    means = trainer.train_epoch(data, 10, torch.Generator().manual_seed(0), "epoch 1")
+    # 45 steps: the loss read at batches 1, 20, 40 and 45, then each term's mean once
+    assert len(reads) == 4 + 2 and trainer.step == 45
+    assert means["half"] == pytest.approx(means["loss"] / 2)

@@ -59,8 +59,27 @@ class World:
         return batch[self.rank * n : (self.rank + 1) * n]
 
     def device(self, device: torch.device) -> torch.device:
-        """The GPU of this rank on a machine with several, else ``device`` itself."""
-        if device.type == "cuda" and self.size > 1:
+        """This rank's own GPU when it trains on CUDA, else ``device`` itself.
+
+        Raises:
+            DistributedError: If the machine has fewer GPUs than processes (NCCL needs one
+                GPU per process), or the device is MPS (gloo holds CPU and CUDA tensors only).
+        """
+        if self.size == 1:
+            return device
+        if device.type == "mps":
+            raise DistributedError(
+                "torchrun cannot train on Apple's MPS: its gloo backend holds CPU and CUDA tensors "
+                "only. Run one process, or set training.device=cpu under torchrun."
+            )
+        if device.type == "cuda":
+            gpus = torch.cuda.device_count()
+            if self.local_rank >= gpus:
+                raise DistributedError(
+                    f"torchrun started process {self.local_rank} on this machine, which has {gpus} "
+                    f"GPU{'s' if gpus != 1 else ''}: NCCL needs one GPU per process. Start at most "
+                    f"{gpus} per machine (--nproc_per_node {gpus}), or set training.device=cpu."
+                )
             return torch.device("cuda", self.local_rank)
         return device
 
@@ -89,7 +108,10 @@ def start(world: World) -> None:
     """Join the torchrun job's process group: gloo for CPU tensors, NCCL for CUDA ones."""
     backend = "gloo"
     if torch.cuda.is_available():
-        torch.cuda.set_device(world.local_rank)
+        # NCCL's collectives run on the current GPU: this rank's own, where it has one (a rank
+        # without one trains on the CPU or is refused in World.device, never indexes past the last)
+        if world.local_rank < torch.cuda.device_count():
+            torch.cuda.set_device(world.local_rank)
         backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend, timeout=COMMAND_TIMEOUT)
     _Job.training_group = dist.new_group(timeout=TRAINING_TIMEOUT, backend=backend)

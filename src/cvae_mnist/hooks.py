@@ -4,7 +4,6 @@ record of what made each file, and the wall time of each node. MLflow tracking i
 
 from __future__ import annotations
 
-import fcntl
 import importlib
 import logging
 import os
@@ -16,6 +15,7 @@ from typing import Any
 import mlflow
 import torch
 import yaml
+from filelock import FileLock, Timeout
 from kedro.framework.hooks import hook_impl
 from kedro.io import CachedDataset
 from kedro.pipeline import Pipeline
@@ -30,6 +30,7 @@ from cvae_mnist.params import ProjectParameters
 from cvae_mnist.saving import write_error
 
 logger = logging.getLogger(__name__)
+HOLDER = ".kedro-run.holder"  # beside each held lock: which run holds it
 
 
 def local_file(dataset: Any) -> Path | None:
@@ -96,16 +97,17 @@ class ParametersHook:
 
 class RunLockHook:
     """One run at a time writes into a folder: a second run that would write where another
-    is writing stops at once with a message naming it. The kernel releases the locks when
-    the process ends, however it ends."""
+    is writing stops at once with a message naming it (``filelock``: an OS lock on Linux,
+    macOS and Windows alike, which the OS releases when the process ends, however it ends).
+    The holder is named in a file beside the lock while it holds it."""
 
     def __init__(self) -> None:
-        self._held: list[Any] = []
+        self._held: list[tuple[FileLock, Path]] = []
 
     def release(self) -> None:
-        for handle in self._held:
-            handle.truncate(0)  # no holder named any more
-            handle.close()
+        for lock, holder in self._held:
+            holder.unlink(missing_ok=True)  # no holder named any more
+            lock.release()
         self._held.clear()
 
     @hook_impl(tryfirst=True)
@@ -119,27 +121,25 @@ class RunLockHook:
             try:  # a folder the run cannot write into stops it here, before any work
                 folder.mkdir(parents=True, exist_ok=True)
                 tempfile.TemporaryFile(dir=folder).close()
-                handle = open(folder / ".kedro-run.lock", "a+")  # noqa: SIM115 - held until the run ends
+                lock, holder = FileLock(folder / ".kedro-run.lock", timeout=0), folder / HOLDER
+                lock.acquire()
+            except Timeout:
+                try:
+                    named = holder.read_text().strip()
+                except OSError:
+                    named = ""
+                self.release()
+                raise RunConflictError(
+                    f"Another kedro run ({named or 'another process'}) is writing into {folder}: wait for "
+                    "it to finish, or run in an environment whose folders are its own (see conf/*/globals.yml)."
+                ) from None
             except OSError as error:
                 self.release()
                 raise write_error(folder, error) from None
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                handle.close()
-                self.release()
-                raise RunConflictError(
-                    f"Another kedro run ({holder}) is writing into {folder}: wait for it to finish, or "
-                    "run in an environment whose folders are its own (see conf/*/globals.yml)."
-                ) from None
-            handle.truncate(0)
-            handle.write(
+            self._held.append((lock, holder))
+            holder.write_text(
                 f"pid {os.getpid()}, --env {run_params.get('env') or 'local'}, since {time.strftime('%H:%M:%S')}"
             )
-            handle.flush()
-            self._held.append(handle)
 
     @hook_impl
     def after_pipeline_run(self) -> None:

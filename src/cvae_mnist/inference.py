@@ -8,11 +8,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
-from torch.distributions import MultivariateNormal, kl_divergence
 
 from cvae_mnist.fastpath import accelerated
-from cvae_mnist.losses import reconstruction_loss
+from cvae_mnist.losses import kl_divergence, reconstruction_loss
 from cvae_mnist.model import CVAE
+from cvae_mnist.prior import StandardNormalPrior
 from cvae_mnist.runtime import progress
 
 
@@ -102,16 +102,14 @@ def generate(
 ) -> torch.Tensor:
     """Decode one draw of the model's prior p(z | y) per label: images in [0, 1] on the CPU.
 
-    The prior is N(0, I) or the Gaussian mixture per class fitted after training
-    (``model.prior_sample``). Its noise is drawn from a CPU generator seeded with
-    ``seed``, so the same seed and labels give the same images on any device.
+    The prior (``cvae_mnist.prior``) draws its noise from a CPU generator seeded with
+    ``seed``, so the same seed and labels give the same images on any device, up to the
+    device's arithmetic.
     """
     with torch.inference_mode(False):  # moved buffers stay ordinary tensors
         model.eval().to(device)
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(len(labels), model.config.latent_dim, generator=generator)
-    uniform = torch.rand(len(labels), generator=generator)  # picks mixture components
-    z = model.prior_sample(labels.to(device), noise.to(device), uniform.to(device))
+    z = model.prior.sample(labels.to(device), generator)
     return torch.sigmoid(decode(model, z, labels, batch_size, device, description))
 
 
@@ -129,7 +127,7 @@ def likelihood_terms(
     """Per-image terms of the likelihood, in nats, with ``samples`` draws of z ~ q(z | x, y).
 
     Returns ``kl`` (KL(q(z | x, y) || p(z | y)) under the model's prior: in closed form
-    for a Gaussian prior, estimated with the ``samples`` draws for a mixture),
+    for N(0, I), estimated with the ``samples`` draws for a mixture or a flow),
     ``reconstruction`` (the mean over draws of -log p(x | z, y), Bernoulli), ``neg_elbo``
     (their sum, beta = 1) and ``iw_nll``, the importance-weighted estimate of
     -log p(x | y) (Burda et al. 2016): ``-log mean_k p(x | z_k, y) p(z_k | y) / q(z_k | x, y)``,
@@ -161,12 +159,10 @@ def _likelihood_chunk(
     log_px = -reconstruction_loss(logits, x.repeat(samples, 1, 1, 1), "bce").view(samples, -1)
     # q(z | x, y) is a diagonal Gaussian: its density per dimension, summed
     log_q = (-0.5 * eps.pow(2) - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
-    log_p = model.prior(y).log_prob(z)
-    if model.prior_weights.shape[1] == 1:  # a Gaussian prior: the KL in closed form
-        posterior = MultivariateNormal(mu, scale_tril=torch.diag_embed(std), validate_args=False)
-        gaussian = MultivariateNormal(model.prior_mean[y, 0], scale_tril=model.prior_scale_tril[y, 0])
-        kl = kl_divergence(posterior, gaussian)
-    else:  # a mixture has none: estimate it with the same draws
+    log_p = model.prior.log_prob(z, y)
+    if isinstance(model.prior, StandardNormalPrior):  # the KL in closed form
+        kl = kl_divergence(mu, logvar)
+    else:  # a mixture or a flow has none: estimate it with the same draws
         kl = (log_q - log_p).mean(0)
     reconstruction = -log_px.mean(0)
     log_w = log_px + log_p - log_q

@@ -24,7 +24,15 @@ from cvae_mnist.saving import atomic_path
 SUFFIX = ".lineage.json"
 # settings that change where or how fast a run computes, not what it computes
 RUNTIME = {
-    "training": {"device", "resume", "fast_path", "compile", "num_threads", "test_batch_size"},
+    "training": {
+        "device",
+        "resume",
+        "fast_path",
+        "compile",
+        "num_threads",
+        "test_batch_size",
+        "deterministic",
+    },
     "evaluation": {"device", "batch_size"},
     "generation": {"device"},
 }

@@ -3,9 +3,10 @@
 Encoder q(z | x, y): the label (one-hot, or a learned embedding) broadcast to extra input
 channels, stride-2 convolutions, then linear heads for ``mu`` and ``logvar``.
 Decoder p(x | z, y): ``[z, label]`` through a linear layer and stride-2 transposed
-convolutions to one channel of Bernoulli logits.
-Prior p(z | y): a mixture of Gaussians per class held as buffers, N(0, I) until
-:mod:`cvae_mnist.prior` fits it after training.
+convolutions to one channel of Bernoulli logits; with ``decoder_conditioning:
+every_stage`` the label also scales and shifts the features after every stage (FiLM,
+Perez et al. 2018), so that the decoder can take the digit from the label at every scale.
+Prior p(z | y): a :class:`cvae_mnist.prior.Prior`, fitted after training.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-from cvae_mnist.params import ModelParams
+from cvae_mnist.params import ModelParams, PriorParams
+from cvae_mnist.prior import Prior, build_prior
 
 # channels of each stride-2 stage (times base_channels), the decoder's transposed-conv
 # paddings (deepest first), and whether batch norm and a ReLU follow the decoder's linear layer
@@ -54,12 +55,27 @@ def _stage(index: int, conv: nn.Conv2d | nn.ConvTranspose2d, batch_norm: bool, p
     return [(f"{prefix}conv{index}", conv), *norm, (f"{prefix}relu{index}", nn.ReLU())]
 
 
-class CVAE(nn.Module):
-    """``forward(x, labels)`` returns ``(logits, mu, logvar)``."""
+class FiLM(nn.Module):
+    """``h * (1 + gamma(label)) + beta(label)`` per channel; starts as the identity."""
 
-    def __init__(self, config: ModelParams) -> None:
+    def __init__(self, label_size: int, channels: int) -> None:
+        super().__init__()
+        self.project = nn.Linear(label_size, 2 * channels)
+        nn.init.zeros_(self.project.weight)
+        nn.init.zeros_(self.project.bias)
+
+    def forward(self, h: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.project(label).to(h.dtype)[:, :, None, None].chunk(2, dim=1)
+        return h * (1 + gamma) + beta
+
+
+class CVAE(nn.Module):
+    """``forward(x, labels)`` returns ``(logits, mu, logvar)``; ``prior`` is p(z | y)."""
+
+    def __init__(self, config: ModelParams, prior: PriorParams | None = None) -> None:
         super().__init__()
         self.config = config
+        self.prior_config = prior or PriorParams(kind="standard_normal")
         stages, paddings, activate_input = ARCHITECTURES[config.architecture]
         widths = [config.base_channels * s for s in stages]
         k, d, batch_norm = config.num_classes, config.latent_dim, config.normalization == "batch"
@@ -94,11 +110,23 @@ class CVAE(nn.Module):
             up = nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=padding)
             decoder += _stage(i, up, batch_norm, prefix="up") if i < len(ups) else [(f"upconv{i}", up)]
         self.decoder = nn.Sequential(OrderedDict(decoder))
+        # one FiLM after each ReLU of the decoder, keyed by the ReLU's name
+        self.film = None
+        if config.decoder_conditioning == "every_stage":
+            channels, films = widths[-1], {}
+            for name, layer in self.decoder.named_children():
+                if isinstance(layer, nn.ConvTranspose2d):
+                    channels = layer.out_channels
+                elif isinstance(layer, nn.ReLU):
+                    films[name] = FiLM(e, channels)
+            self.film = nn.ModuleDict(films)
+        self.prior: Prior = build_prior(self.prior_config, d, k)
 
-        m = config.prior_components if config.prior == "fitted" else 1
-        self.register_buffer("prior_weights", torch.full((k, m), 1 / m))
-        self.register_buffer("prior_mean", torch.zeros(k, m, d))
-        self.register_buffer("prior_scale_tril", torch.eye(d).repeat(k, m, 1, 1))
+    def with_prior(self, prior: PriorParams) -> CVAE:
+        """This model with an unfitted prior of the kind ``prior`` describes (in place)."""
+        self.prior_config = prior
+        self.prior = build_prior(prior, self.config.latent_dim, self.config.num_classes)
+        return self
 
     def label(self, labels: torch.Tensor) -> torch.Tensor:
         """The label as the network sees it: one-hot or embedded, ``[N, e]``."""
@@ -120,28 +148,18 @@ class CVAE(nn.Module):
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Bernoulli logits of shape ``[N, 1, image_size, image_size]``."""
-        return self.decoder(self.decoder_input(torch.cat([z, self.label(labels).to(z.dtype)], dim=1)))
+        label = self.label(labels).to(z.dtype)
+        h = self.decoder_input(torch.cat([z, label], dim=1))
+        if self.film is None:
+            return self.decoder(h)
+        for name, layer in self.decoder.named_children():
+            h = layer(h)
+            if name in self.film:
+                h = self.film[name](h, label)
+        return h
 
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x, labels)
         return self.decode(self.reparameterize(mu, logvar, noise), labels), mu, logvar
-
-    def prior(self, labels: torch.Tensor) -> MixtureSameFamily:
-        """p(z | y) of each label, a batch of Gaussian mixtures."""
-        return MixtureSameFamily(
-            Categorical(probs=self.prior_weights[labels], validate_args=False),
-            MultivariateNormal(
-                self.prior_mean[labels], scale_tril=self.prior_scale_tril[labels], validate_args=False
-            ),
-            validate_args=False,
-        )
-
-    def prior_sample(self, labels: torch.Tensor, noise: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-        """Draws of p(z | y) from standard normal ``noise`` ``[N, latent_dim]`` and ``uniform``
-        ``[N]`` in [0, 1), which picks each draw's mixture component."""
-        cumulative = self.prior_weights[labels].cumsum(dim=1)
-        component = torch.searchsorted(cumulative, uniform[:, None]).clamp(max=cumulative.shape[1] - 1)[:, 0]
-        scale = self.prior_scale_tril[labels, component]
-        return self.prior_mean[labels, component] + (scale @ noise.unsqueeze(-1)).squeeze(-1)

@@ -41,8 +41,25 @@ class ModelParams(Section):
     embedding_dim: int = Field(16, ge=1, le=256, description="size of the learned label embedding")
     normalization: Literal["none", "batch"] = Field("none", description="after the inner convolutions")
     residual_blocks: int = Field(0, ge=0, le=8, description="3x3 residual blocks at the deepest resolution")
-    prior: Literal["standard_normal", "fitted"] = Field("fitted", description="p(z | y)")
-    prior_components: int = Field(10, ge=1, le=32, description="Gaussians per class of the fitted prior")
+    decoder_conditioning: Literal["input", "every_stage"] = Field(
+        "every_stage",
+        description="input: the label joins z at the decoder's input (the report); "
+        "every_stage: also scales and shifts the features after every decoder stage (FiLM)",
+    )
+
+
+class PriorParams(Section):
+    kind: Literal["standard_normal", "mixture", "flow"] = Field(
+        "mixture", description="p(z | y): N(0, I) (the report), Gaussians per class, or a conditional flow"
+    )
+    components: int = Field(10, ge=1, le=32, description="Gaussians per class of a mixture")
+    flow_transforms: int = Field(4, ge=1, le=16, description="autoregressive transforms of the flow")
+    flow_hidden: int = Field(256, ge=8, le=4096, description="units of each hidden layer of the flow")
+    epochs: int = Field(10, ge=1, le=1000, description="passes of the flow over the encoded training set")
+    batch_size: int = Field(512, ge=1, le=60_000)
+    lr: float = Field(
+        1e-3, gt=0, allow_inf_nan=False, description="Adam's rate for the flow, cosine-annealed"
+    )
 
 
 class TrainingParams(Section):
@@ -54,6 +71,21 @@ class TrainingParams(Section):
     loss: Literal["bce", "mse"] = Field("bce", description="reconstruction term")
     beta: float = Field(0.2, ge=0, allow_inf_nan=False, description="weight of the KL term")
     kl_warmup_epochs: float = Field(0.0, ge=0, allow_inf_nan=False)
+    adversary_weight: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="weight of the reversed gradient of a classifier that reads the label from mu",
+    )
+    swap_weight: float = Field(
+        2.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="weight of a critic's loss on codes decoded under other labels",
+    )
+    swap_fraction: float = Field(
+        0.125, gt=0, le=1, allow_inf_nan=False, description="share of each batch swapped"
+    )
     lr_schedule: Literal["constant", "onecycle", "cosine"] = "onecycle"
     augment_rotation: float = Field(0.0, ge=0, le=180, description="random rotation, up to +- degrees")
     augment_shift: float = Field(0.0, ge=0, le=14, description="random shift, up to +- pixels")
@@ -64,6 +96,9 @@ class TrainingParams(Section):
     )
     mixed_precision: bool = Field(True, description="bf16 autocast where the hardware computes bf16")
     compile: bool = Field(False, description="torch.compile the training step")
+    deterministic: bool = Field(
+        False, description="on a GPU: deterministic kernels, so that a resumed run ends bit for bit (slower)"
+    )
     num_threads: int = Field(0, ge=0, le=1024, description="torch CPU threads; 0 = one per core")
     lr_scaling: Literal["none", "linear", "sqrt"] = Field(
         "sqrt", description="under torchrun, lr times N (linear) or sqrt(N) for N times the batch"
@@ -102,6 +137,7 @@ class ProjectParameters(Section):
     seed: int = Field(1, ge=0, lt=2**63, description="seeds weights, shuffling and latent samples")
     data_ingestion: IngestionParams = IngestionParams()
     model: ModelParams = ModelParams()
+    prior: PriorParams = PriorParams()
     training: TrainingParams = TrainingParams()
     evaluation: EvaluationParams = EvaluationParams()
     generation: GenerationParams = GenerationParams()

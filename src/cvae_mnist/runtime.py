@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from collections.abc import Iterable, Iterator
@@ -37,11 +38,17 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+AMPERE = 8  # the first CUDA compute capability with bf16 tensor cores and cuDNN's bf16 convolutions
+
+
 def mixed_precision_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype worth using on ``device``, or None where it would not pay.
 
     bf16 on a CPU with native bf16 instructions (AVX512-BF16 or AMX) and on a CUDA GPU
-    that supports it; None elsewhere (older CPUs emulate bf16 slowly; MPS is left in fp32).
+    that computes it natively (compute capability 8.0 and up: A100, H100, RTX 30xx and
+    later); None elsewhere: older CPUs emulate bf16 slowly, cuDNN has no bf16 convolutions
+    on a T4 or V100 (which ``is_bf16_supported()`` reports as supported, by emulation),
+    and MPS is left in fp32.
     """
     if device.type == "cpu":
         native = (
@@ -49,9 +56,24 @@ def mixed_precision_dtype(device: torch.device) -> torch.dtype | None:
             or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
         )
         return torch.bfloat16 if native else None
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and (torch.version.hip or torch.cuda.get_device_capability(device)[0] >= AMPERE):
         return torch.bfloat16
     return None
+
+
+def deterministic_algorithms(device: torch.device, on: bool) -> None:
+    """On a GPU, with ``on``: the same result for the same inputs, run after run (cuDNN's
+    deterministic kernels, no autotuning, no TF32 convolutions), at some cost in speed.
+    Off: cuDNN picks its fastest kernels, some of which add in a varying order. The CPU
+    is deterministic either way."""
+    if device.type != "cuda":
+        return
+    if on:  # cuBLAS needs a fixed workspace to be deterministic; set before its first use
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = not on
+    torch.backends.cudnn.allow_tf32 = not on
 
 
 def progress(items: Iterable[T], total: int, description: str | None) -> Iterator[T] | Iterable[T]:

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from cvae_mnist.errors import DataError, ModelFileError
 from cvae_mnist.model import CVAE
-from cvae_mnist.params import ModelParams
+from cvae_mnist.params import ModelParams, PriorParams
 
 
 @contextmanager
@@ -100,7 +100,11 @@ def write_tensors(data: Any, path: str | os.PathLike) -> None:
 
 def to_checkpoint(model: CVAE) -> dict[str, Any]:
     """The model as plain data for ``torch.save``: its parameters, its weights and its prior."""
-    return {"config": model.config.model_dump(), "state_dict": model.state_dict()}
+    return {
+        "config": model.config.model_dump(),
+        "prior": model.prior_config.model_dump(),
+        "state_dict": model.state_dict(),
+    }
 
 
 def from_checkpoint(checkpoint: Any, source: str) -> CVAE:
@@ -108,7 +112,7 @@ def from_checkpoint(checkpoint: Any, source: str) -> CVAE:
     if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
         raise ModelFileError(f"{source} is not a CVAE saved by this project. Train it again.")
     try:
-        model = CVAE(ModelParams(**checkpoint["config"]))
+        model = CVAE(ModelParams(**checkpoint["config"]), PriorParams(**checkpoint.get("prior", {})))
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, ValidationError, RuntimeError) as exc:
         raise ModelFileError(

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cvae_mnist import distributed
+from cvae_mnist.adversary import LabelAidedCVAE
 from cvae_mnist.augmentation import random_affine
 from cvae_mnist.distributed import World
 from cvae_mnist.errors import (
@@ -38,7 +39,13 @@ from cvae_mnist.fastpath import accelerated
 from cvae_mnist.losses import cvae_loss
 from cvae_mnist.model import CVAE
 from cvae_mnist.params import ModelParams, TrainingParams
-from cvae_mnist.runtime import mixed_precision_dtype, progress, seed_everything, select_device
+from cvae_mnist.runtime import (
+    deterministic_algorithms,
+    mixed_precision_dtype,
+    progress,
+    seed_everything,
+    select_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +81,9 @@ def batches(
     for global_batch in order.to(labels.device).split(batch_size * world.size):
         index = world.share(global_batch)
         yield images[index], labels[index]
+
+
+CHECK_EVERY = 20  # batches between reads of the loss (divergence check, progress bar)
 
 
 class Trainer:
@@ -132,7 +142,9 @@ class Trainer:
         self._step = torch.compile(self._plain_step) if compile else self._plain_step
 
     def _terms(self, x: torch.Tensor, y: torch.Tensor, step: int | None) -> dict[str, torch.Tensor]:
-        with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
+        if self.autocast_dtype is None:  # no autocast context at all: torch < 2.5 has none for MPS
+            return self.objective(self.model, x, y, step)
+        with torch.autocast(self.device.type, self.autocast_dtype):
             return self.objective(self.model, x, y, step)
 
     def _plain_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
@@ -143,7 +155,7 @@ class Trainer:
         return terms
 
     def _global_mean(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The batch's terms as floats, averaged over the ranks' equal shares of the batch."""
+        """The terms as floats, averaged over the ranks (each holds an equal share of the data)."""
         if self.world.size == 1:
             return {key: value.item() for key, value in terms.items()}
         values = torch.stack([value.detach().float() for value in terms.values()]).cpu()
@@ -156,32 +168,31 @@ class Trainer:
         """One pass over ``data`` in shuffled batches (``batch_size`` per process); returns
         the mean terms per image."""
         self.model.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # on the device: read back only every CHECK_EVERY batches
         images_per_step = batch_size * self.world.size
+        total = math.ceil(len(data["labels"]) // self.world.size * self.world.size / images_per_step)
         shown = description if self.world.main else None  # one progress bar, rank 0's
-        bar = progress(
-            batches(data, batch_size, generator, self.world),
-            math.ceil(len(data["labels"]) // self.world.size * self.world.size / images_per_step),
-            shown,
-        )
+        bar = progress(batches(data, batch_size, generator, self.world), total, shown)
         seen = 0
         for batch, (images, labels) in enumerate(bar, start=1):
             x = self.augment(images, generator) if self.augment else images
-            terms = self._global_mean(self._step(x, labels, self.step))
+            terms = self._step(x, labels, self.step)
             self.step += 1
             if self.scheduler is not None:
                 self.scheduler.step()
-            if not math.isfinite(terms["loss"]):
-                raise TrainingDivergedError(
-                    f"The {self.name} loss became {terms['loss']} at {description}, batch {batch}. "
-                    f"The learning rate ({self.name}.lr = {self.lr}) is the likely cause: lower it."
-                )
             for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + value * len(labels)
+                sums[key] = sums.get(key, 0.0) + value.detach().float() * len(labels)
             seen += len(labels)
-            if batch % 20 == 0 and shown is not None:
-                bar.set_postfix(loss=f"{terms['loss']:.2f}", refresh=False)
-        return {key: total / seen for key, total in sums.items()}
+            if batch == 1 or batch % CHECK_EVERY == 0 or batch == total:  # a GPU waits here, not every step
+                loss = terms["loss"].item()  # gradients are all-reduced: one rank's NaN is every rank's
+                if not math.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"The {self.name} loss became {loss} at {description}, by batch {batch}. "
+                        f"The learning rate ({self.name}.lr = {self.lr}) is the likely cause: lower it."
+                    )
+                if shown is not None:
+                    bar.set_postfix(loss=f"{loss:.2f}", refresh=False)
+        return {key: value / seen for key, value in self._global_mean(sums).items()}
 
     @torch.no_grad()
     def evaluate(self, data: Split, batch_size: int) -> dict[str, float]:
@@ -212,21 +223,35 @@ class Trainer:
         self.step = state["step"]
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """Every random state training draws from. Of a GPU, only the training device's: under
+    torchrun every rank's device draws the same numbers, so rank 0's state is every rank's."""
+    device_state = None
+    if device.type == "cuda":
+        device_state = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        device_state = torch.mps.get_rng_state()
     return {
         "torch": torch.get_rng_state(),
         "shuffle": generator.get_state(),
         "python": random.getstate(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "device": {"type": device.type, "state": device_state},
     }
 
 
-def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
+    """Restore :func:`_rng_state`; a GPU's state only on a GPU of the same kind (a checkpoint
+    may resume on another device, then bit for bit only up to that device's arithmetic)."""
     torch.set_rng_state(state["torch"])
     generator.set_state(state["shuffle"])
     random.setstate(state["python"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("device") or {}
+    if saved.get("state") is None or saved.get("type") != device.type:
+        return
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(saved["state"], device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(saved["state"])
 
 
 def _resume(
@@ -251,7 +276,7 @@ def _resume(
             "or set training.resume=false to start over."
         )
     trainer.load_state_dict(state["trainer"])
-    _set_rng_state(state["rng"], generator)
+    _set_rng_state(state["rng"], generator, trainer.device)
     logger.info("Resuming from %s after epoch %d", checkpoint.filepath, state["epoch"])  # every rank says it
     return state["history"]
 
@@ -315,7 +340,7 @@ def fit(
                     "epoch": epoch,
                     "settings": settings,
                     "trainer": trainer.state_dict(),
-                    "rng": _rng_state(generator),
+                    "rng": _rng_state(generator, trainer.device),
                     "history": history,
                 }
             )
@@ -324,12 +349,14 @@ def fit(
 
 @dataclass(frozen=True)
 class CVAEObjective:
-    """Reconstruction + beta * KL, beta ramped up linearly over the first ``warmup_steps``."""
+    """Reconstruction + beta * KL, beta ramped up linearly over the first ``warmup_steps``;
+    with a :class:`LabelAidedCVAE`, plus its aids' losses (the swap's with its weight)."""
 
     loss: str
     beta: float
     warmup_steps: float = 0
     world: World = World()
+    swap_weight: float = 0.0
 
     def kl_weight(self, step: int | None) -> float:
         if step is None or self.warmup_steps == 0:
@@ -347,15 +374,18 @@ class CVAEObjective:
             )
             drawn = torch.randn(len(x) * self.world.size, latent_dim, device=x.device, dtype=dtype)
             noise = self.world.share(drawn)
-        logits, mu, logvar = model(x, y, noise)
-        return cvae_loss(logits, x, mu, logvar, self.loss, self.kl_weight(step))
+        logits, mu, logvar, *aids = model(x, y, noise)
+        terms = cvae_loss(logits, x, mu, logvar, self.loss, self.kl_weight(step))
+        for name, value in (aids[0] if aids else {}).items():
+            terms[name] = value
+            terms["loss"] = terms["loss"] + value * (self.swap_weight if name == "swap" else 1.0)
+        return terms
 
 
 # What training depends on: a checkpoint written with other values cannot be resumed.
-# The prior is fitted after training, so model.prior and model.prior_components may differ.
 RESUME_SETTINGS = (
     "batch_size", "lr", "adam_beta1", "loss", "beta", "kl_warmup_epochs", "lr_schedule",
-    "augment_rotation", "augment_shift",
+    "augment_rotation", "augment_shift", "adversary_weight", "swap_weight", "swap_fraction",
 )  # fmt: skip
 
 
@@ -366,7 +396,7 @@ def resume_settings(
         ("epochs",) if training.lr_schedule != "constant" else ()
     )  # a schedule spans them
     return {
-        **{f"model.{k}": v for k, v in model.model_dump().items() if k not in ("prior", "prior_components")},
+        **{f"model.{k}": v for k, v in model.model_dump().items()},
         **{f"training.{k}": getattr(training, k) for k in keys},
         "seed": seed,
         # the global batch and the random draws depend on it (absent for one process)
@@ -398,7 +428,9 @@ def cvae_trainer(
 
     return Trainer(
         model,
-        CVAEObjective(training.loss, training.beta, training.kl_warmup_epochs * steps, world),
+        CVAEObjective(
+            training.loss, training.beta, training.kl_warmup_epochs * steps, world, training.swap_weight
+        ),
         lr=scaled_lr(training, world.size),
         total_steps=training.epochs * steps,
         device=device,
@@ -408,7 +440,6 @@ def cvae_trainer(
         mixed_precision=training.mixed_precision,
         compile=training.compile,
         augment=augment,
-        untrained=("prior_",),
         world=world,
     )
 
@@ -458,16 +489,21 @@ def _train(
     if training.num_threads:
         torch.set_num_threads(training.num_threads)
     device = world.device(select_device(training.device))
+    deterministic_algorithms(device, training.deterministic)
     model = CVAE(model_params).to(device)
     fast = training.fast_path == "auto"
     with accelerated(model, device) if fast else nullcontext():
         network: nn.Module = model
+        if training.adversary_weight > 0 or training.swap_weight > 0:  # trained beside it, not saved
+            network = LabelAidedCVAE(
+                model, training.adversary_weight, training.swap_weight, training.swap_fraction, world=world
+            ).to(device)
         synced_norm = world.size > 1 and device.type == "cuda"
         if world.size > 1:
             if (
                 synced_norm
             ):  # one set of batch statistics over the global batch (it swaps the layers in place)
-                network = nn.SyncBatchNorm.convert_sync_batchnorm(model, distributed.training_group())
+                network = nn.SyncBatchNorm.convert_sync_batchnorm(network, distributed.training_group())
             network = DistributedDataParallel(
                 network,
                 device_ids=[device.index] if device.type == "cuda" else None,

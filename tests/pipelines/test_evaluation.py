@@ -1,15 +1,18 @@
 """Nodes of the evaluation pipeline."""
 
+import pandas as pd
 import pytest
 import torch
 
+from cvae_mnist.classifier import DigitClassifier
 from cvae_mnist.datasets import CheckpointDataset
 from cvae_mnist.inference import reconstruct
 from cvae_mnist.model import CVAE
 from cvae_mnist.params import ClassifierParams, EvaluationParams, IngestionParams, ModelParams
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
-from cvae_mnist.pipelines.evaluation import create_pipeline
+from cvae_mnist.pipelines.evaluation import create_pipeline, nodes
 from cvae_mnist.pipelines.evaluation.nodes import (
+    evaluate_label_swap,
     evaluate_reconstructions,
     get_digit_classifier,
     plot_label_swap,
@@ -61,10 +64,44 @@ def test_the_worst_reconstructions_are_the_highest_bce(model, data):
     assert plot_reconstructions(reconstructions, test, EVALUATION).axes
 
 
-def test_the_label_swap_figure_names_its_columns(model, data):
+def test_the_label_swap_figure_names_its_columns_and_gives_the_measure(model, data):
     _, test = data
-    (axis,) = plot_label_swap(model, test, EVALUATION).axes
+    measured = pd.DataFrame([{"label_swap_accuracy": 0.4567}])
+    (axis,) = plot_label_swap(model, test, EVALUATION, measured).axes
     assert [t.get_text() for t in axis.get_xticklabels()] == ["test", *map(str, range(10))]
+    assert "45.7% of swapped decodes are read as the new label" in axis.get_title()
+
+
+def _written(labels: torch.Tensor) -> torch.Tensor:
+    """Logits of images that carry ``labels`` as a bright pixel in the first row."""
+    logits = torch.full((len(labels), 1, 28, 28), -20.0)
+    logits[torch.arange(len(labels)), 0, 0, labels] = 20.0
+    return logits
+
+
+def test_label_swap_accuracy_counts_the_decodes_read_as_the_new_label(model, data, monkeypatch):
+    _, test = data
+    judge = {"state_dict": DigitClassifier().state_dict()}
+    # a judge that reads the bright pixel, and a decoder that writes the label it is given
+    monkeypatch.setattr(
+        nodes, "predict", lambda classifier, images, device: (images[:, 0, 0, :10].argmax(1), None)
+    )
+    monkeypatch.setattr(nodes, "decode", lambda cvae, mu, labels, *args: _written(labels))
+    assert evaluate_label_swap(model, judge, test, EVALUATION)["label_swap_accuracy"].item() == 1.0
+    # a decoder that ignores the label and writes the original digit: no swap is read as asked
+    monkeypatch.setattr(nodes, "decode", lambda cvae, mu, labels, *args: _written(test["labels"]))
+    assert evaluate_label_swap(model, judge, test, EVALUATION)["label_swap_accuracy"].item() == 0.0
+    # one that obeys for labels 0-4 only: the share of swaps whose target is 0-4
+    monkeypatch.setattr(
+        nodes,
+        "decode",
+        lambda cvae, mu, labels, *args: _written(torch.where(labels < 5, labels, test["labels"])),
+    )
+    targets = torch.cat([(test["labels"] + shift) % 10 for shift in range(1, 10)])
+    expected = (targets < 5).float().mean().item()
+    assert evaluate_label_swap(model, judge, test, EVALUATION)["label_swap_accuracy"].item() == pytest.approx(
+        expected
+    )
 
 
 def test_the_digit_classifier_is_reused_only_for_the_same_settings_and_data(data, tmp_path):
@@ -73,7 +110,7 @@ def test_the_digit_classifier_is_reused_only_for_the_same_settings_and_data(data
     settings, full = ClassifierParams(epochs=1, seed=0), IngestionParams()
 
     def judge(train, settings, ingestion=full):
-        return get_digit_classifier(store, train, test, settings, ingestion)
+        return get_digit_classifier(store, train, test, settings, ingestion, EVALUATION)
 
     first = judge(train, settings)
     assert judge(train, settings) is not first  # read back ...
@@ -93,10 +130,12 @@ def test_the_digit_classifier_is_reused_only_for_the_same_settings_and_data(data
 def test_a_classifier_of_a_data_subset_is_not_saved_over_the_shared_one(data, tmp_path):
     train, test = data
     store = CheckpointDataset(filepath=str(tmp_path / "classifier.pt")).load()
-    shared = get_digit_classifier(store, train, test, ClassifierParams(epochs=1), IngestionParams())
+    shared = get_digit_classifier(
+        store, train, test, ClassifierParams(epochs=1), IngestionParams(), EVALUATION
+    )
     subset = {key: value[:60] for key, value in train.items()}
     judged = get_digit_classifier(
-        store, subset, test, ClassifierParams(epochs=1), IngestionParams(n_train=60)
+        store, subset, test, ClassifierParams(epochs=1), IngestionParams(n_train=60), EVALUATION
     )
     assert judged["config"]["n_train"] == 60  # this run is judged by the classifier of its data
     assert store.read()["config"] == shared["config"]  # the shared one stays
@@ -106,3 +145,22 @@ def test_the_top_level_seed_does_not_reach_the_digit_classifier():
     # the judge of generated digits stays the same when a run changes `seed`
     node = next(n for n in create_pipeline().nodes if n.name == "evaluation.get_digit_classifier_node")
     assert "params:seed" not in node.inputs and "params:classifier" in node.inputs
+
+
+def test_the_digit_classifier_is_kept_per_device_type(data, tmp_path, monkeypatch):
+    train, test = data
+    store = CheckpointDataset(filepath=str(tmp_path / "classifier.pt")).load()
+    first = get_digit_classifier(
+        store, train, test, ClassifierParams(epochs=1), IngestionParams(), EVALUATION
+    )
+    assert first["config"]["device"] == "cpu"
+    trained_on = []
+    monkeypatch.setattr(nodes, "select_device", lambda name: torch.device("meta"))  # as if on a GPU
+    monkeypatch.setattr(
+        nodes, "train_classifier", lambda *args: trained_on.append(args[2]) or DigitClassifier()
+    )
+    monkeypatch.setattr(nodes, "predict", lambda model, images, device: (torch.zeros(len(images)), None))
+    again = get_digit_classifier(
+        store, train, test, ClassifierParams(epochs=1), IngestionParams(), EVALUATION
+    )
+    assert trained_on == [torch.device("meta")] and again["config"]["device"] == "meta"

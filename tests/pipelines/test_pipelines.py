@@ -9,9 +9,16 @@ from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
 
 from cvae_mnist.datasets import CheckpointDataset
-from cvae_mnist.params import ClassifierParams, EvaluationParams, IngestionParams, ModelParams, TrainingParams
+from cvae_mnist.params import (
+    ClassifierParams,
+    EvaluationParams,
+    IngestionParams,
+    ModelParams,
+    PriorParams,
+    TrainingParams,
+)
 from cvae_mnist.pipelines import data_ingestion, evaluation, training
-from mnist_fixtures import TINY_MODEL, TINY_TRAINING, make_test_project, run_session
+from mnist_fixtures import TINY_MODEL, TINY_PRIOR, TINY_TRAINING, make_test_project, run_session
 
 METRIC_COLUMNS = ["n_images", "bce_per_image", "mse_per_image", "ssim", "psnr"]  # the report's, first
 OUR_COLUMNS = [
@@ -23,6 +30,7 @@ OUR_COLUMNS = [
     "fid",
     "fid_reference",
     "classifier_accuracy",
+    "label_swap_accuracy",
 ]
 
 FIGURES = (
@@ -43,6 +51,7 @@ def test_pipelines_run_on_an_in_memory_catalog(tiny_raw, tmp_path):
     catalog["params:classifier"] = ClassifierParams(epochs=1)
     catalog["params:data_ingestion"] = IngestionParams(n_train=100)
     catalog["params:model"] = ModelParams(**TINY_MODEL)
+    catalog["params:prior"] = PriorParams(**TINY_PRIOR)
     catalog["params:training"] = TrainingParams(**TINY_TRAINING)
     catalog["params:evaluation"] = EvaluationParams(batch_size=16, device="cpu", samples_per_class=20)
     catalog["params:seed"] = 3
@@ -52,6 +61,7 @@ def test_pipelines_run_on_an_in_memory_catalog(tiny_raw, tmp_path):
     # intermediate datasets are released once consumed: check the pipeline's outputs
     assert set(outputs) == {
         "training_metrics",
+        "prior_metrics",
         "test_metrics",
         "cvae_generator",
         *(f"{name}_figure" for name in FIGURES),
@@ -77,6 +87,7 @@ def test_kedro_run_writes_metrics_and_figures(project):
     # the importance-weighted bound is at least as tight as the ELBO
     assert 0 < metrics["iw_nll"].item() <= metrics["neg_elbo_per_image"].item()
     assert 0 <= metrics["cond_accuracy"].item() <= 1 and 0 <= metrics["classifier_accuracy"].item() <= 1
+    assert 0 <= metrics["label_swap_accuracy"].item() <= 1
     assert metrics["fid"].item() >= 0 and metrics["fid_reference"].item() >= 0
     assert (project / "data" / "06_models" / "digit_classifier.pt").exists()
     assert metrics["n_images"].item() == 40

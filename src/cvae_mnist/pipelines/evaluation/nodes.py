@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 METRIC_COLUMNS = ("n_images", "bce_per_image", "mse_per_image", "ssim", "psnr")  # the report's, in its order
 LIKELIHOOD_COLUMNS = ("kl_per_image", "neg_elbo_per_image", "iw_nll", "iw_samples")
 GENERATION_COLUMNS = ("cond_accuracy", "fid", "fid_reference", "classifier_accuracy")
+SWAP_COLUMNS = ("label_swap_accuracy",)
 
 
 def reconstruct_test_set(cvae_model: CVAE, mnist_test: Split, evaluation: EvaluationParams) -> Split:
@@ -112,6 +113,7 @@ def get_digit_classifier(
     mnist_test: Split,
     classifier: ClassifierParams,
     data_ingestion: IngestionParams,
+    evaluation: EvaluationParams,
 ) -> dict[str, Any]:
     """The digit classifier: the saved one if it was trained with these parameters on as
     many training images, else a new one. Only a classifier trained on all the training
@@ -123,18 +125,22 @@ def get_digit_classifier(
         mnist_test: Test set it is scored on.
         classifier: The ``classifier`` parameters, with its own seed.
         data_ingestion: The ``data_ingestion`` parameters: the full data or a subset.
+        evaluation: The ``evaluation`` parameters: the device it trains on (a judge trained
+            on a GPU differs in its last digits from one trained on the CPU, so each
+            device type keeps its own).
 
     Returns:
         ``{"config", "state_dict", "test_accuracy"}``.
     """
-    config = {**classifier.model_dump(), "n_train": len(mnist_train["labels"])}
+    device = select_device(evaluation.device)
+    config = {**classifier.model_dump(), "n_train": len(mnist_train["labels"]), "device": device.type}
     if digit_classifier.exists():
         saved = digit_classifier.read()
         if saved.get("config") == config:
             logger.info("Reusing the digit classifier in %s", digit_classifier.filepath)
             return saved
-    model = train_classifier(mnist_train, classifier)
-    predicted, _ = predict(model, mnist_test["images"])
+    model = train_classifier(mnist_train, classifier, device)
+    predicted, _ = predict(model, mnist_test["images"], device=device)
     accuracy = float((predicted == mnist_test["labels"]).float().mean())
     logger.info("Digit classifier trained: %.2f%% accuracy on the test set", 100 * accuracy)
     saved = {"config": config, "state_dict": model.state_dict(), "test_accuracy": accuracy}
@@ -177,15 +183,12 @@ def evaluate_generation(
         ``fid_reference`` (the same, training vs test images: the floor) and
         ``classifier_accuracy`` (the classifier's test-set accuracy).
     """
-    judge = DigitClassifier()
-    judge.load_state_dict(trained_digit_classifier["state_dict"])
+    judge, device = _judge(trained_digit_classifier), select_device(evaluation.device)
     requested = torch.arange(cvae_model.config.num_classes).repeat_interleave(evaluation.samples_per_class)
-    generated = generate(
-        cvae_model, requested, seed, select_device(evaluation.device), description="generating"
-    )
-    predicted, generated_features = predict(judge, generated)
-    _, test_features = predict(judge, mnist_test["images"])
-    _, train_features = predict(judge, mnist_train["images"][: len(mnist_test["images"])])
+    generated = generate(cvae_model, requested, seed, device, description="generating")
+    predicted, generated_features = predict(judge, generated, device=device)
+    _, test_features = predict(judge, mnist_test["images"], device=device)
+    _, train_features = predict(judge, mnist_train["images"][: len(mnist_test["images"])], device=device)
     row = {
         "cond_accuracy": float((predicted == requested).float().mean()),
         "fid": frechet_distance(generated_features.numpy(), test_features.numpy()),
@@ -193,6 +196,42 @@ def evaluate_generation(
         "classifier_accuracy": trained_digit_classifier["test_accuracy"],
     }
     return pd.DataFrame([row], columns=list(GENERATION_COLUMNS))
+
+
+def evaluate_label_swap(
+    cvae_model: CVAE,
+    trained_digit_classifier: dict[str, Any],
+    mnist_test: Split,
+    evaluation: EvaluationParams,
+) -> pd.DataFrame:
+    """Whether the label decides the digit: each test image's posterior mean ``mu(x, y)``
+    decoded under every other label ``t``, and read by the digit classifier.
+
+    Args:
+        cvae_model: The trained model.
+        trained_digit_classifier: The output of :func:`get_digit_classifier`.
+        mnist_test: Test set, ``{"images", "labels"}``.
+        evaluation: The ``evaluation`` parameters (batch size, device).
+
+    Returns:
+        One row: ``label_swap_accuracy``, the share of ``decode(mu(x, y), t)``, ``t != y``,
+        read as ``t``; near ``1 / num_classes`` or below when the decoder ignores the label.
+    """
+    judge, device, k = _judge(trained_digit_classifier), select_device(evaluation.device), DIGITS
+    images, labels = mnist_test["images"], mnist_test["labels"]
+    mu, _ = encode(cvae_model, images, labels, evaluation.batch_size, device, "label swaps")
+    hits = 0
+    for shift in range(1, k):  # every other label once per image
+        target = (labels + shift) % k
+        swapped = torch.sigmoid(decode(cvae_model, mu, target, evaluation.batch_size, device))
+        hits += int((predict(judge, swapped, device=device)[0] == target).sum())
+    return pd.DataFrame([{"label_swap_accuracy": hits / (len(labels) * (k - 1))}], columns=list(SWAP_COLUMNS))
+
+
+def _judge(trained_digit_classifier: dict[str, Any]) -> DigitClassifier:
+    judge = DigitClassifier()
+    judge.load_state_dict(trained_digit_classifier["state_dict"])
+    return judge
 
 
 def assemble_metrics(*tables: pd.DataFrame) -> pd.DataFrame:
@@ -270,7 +309,7 @@ def plot_generated_digits(cvae_model: CVAE, evaluation: EvaluationParams, seed: 
     labels = torch.arange(cvae_model.config.num_classes).repeat_interleave(columns)
     images = generate(cvae_model, labels, seed, select_device(evaluation.device))
     return digit_grid_figure(
-        images, columns, f"generated from the prior ({cvae_model.config.prior}); row = requested digit"
+        images, columns, f"generated from the prior ({cvae_model.prior_config.kind}); row = requested digit"
     )
 
 
@@ -307,15 +346,20 @@ def plot_latent_interpolation(cvae_model: CVAE, mnist_test: Split, evaluation: E
     return digit_grid_figure(grid, steps + 2, "latent interpolation: test digit, decoded path, test digit")
 
 
-def plot_label_swap(cvae_model: CVAE, mnist_test: Split, evaluation: EvaluationParams) -> Figure:
+def plot_label_swap(
+    cvae_model: CVAE, mnist_test: Split, evaluation: EvaluationParams, label_swap_metrics: pd.DataFrame
+) -> Figure:
     """One latent vector decoded under each of the labels: the style stays, the class changes.
 
-    Each row: a test digit, then its posterior mean decoded under label 0, 1, ..., 9.
+    Each row: a test digit, then its posterior mean decoded under label 0, 1, ..., 9. The
+    title gives ``label_swap_accuracy``: a decoder that ignores the label repeats the test
+    digit along its row.
 
     Args:
         cvae_model: The trained model.
         mnist_test: Test set, ``{"images", "labels"}``.
         evaluation: The ``evaluation`` parameters.
+        label_swap_metrics: The output of :func:`evaluate_label_swap`.
 
     Returns:
         The figure, its columns labelled with the label each decodes under.
@@ -329,7 +373,13 @@ def plot_label_swap(cvae_model: CVAE, mnist_test: Split, evaluation: EvaluationP
     decoded = decode(cvae_model, mu.repeat_interleave(k, 0), swapped, evaluation.batch_size, device)
     decoded = torch.sigmoid(decoded).view(len(index), k, *images.shape[1:])
     grid = torch.cat([images[:, None], decoded], dim=1).flatten(0, 1)
-    figure = digit_grid_figure(grid, k + 1, "a test digit, then its latent vector decoded under each label")
+    accuracy = float(label_swap_metrics["label_swap_accuracy"].iloc[0])
+    figure = digit_grid_figure(
+        grid,
+        k + 1,
+        "a test digit, then its code decoded under each label\n"
+        f"(over the test set, {accuracy:.1%} of swapped decodes are read as the new label)",
+    )
     (axis,) = figure.axes
     size = images.shape[-1]
     axis.axis("on")

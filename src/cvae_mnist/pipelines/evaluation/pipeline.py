@@ -5,6 +5,7 @@ from kedro.pipeline import Pipeline, node
 from cvae_mnist.pipelines.evaluation.nodes import (
     assemble_metrics,
     evaluate_generation,
+    evaluate_label_swap,
     evaluate_likelihood,
     evaluate_reconstructions,
     get_digit_classifier,
@@ -27,7 +28,10 @@ FIGURES = {
     ),
     "generated_digits": (plot_generated_digits, ["cvae_model", "params:evaluation", "params:seed"]),
     "latent_interpolation": (plot_latent_interpolation, ["cvae_model", "mnist_test", "params:evaluation"]),
-    "label_swap": (plot_label_swap, ["cvae_model", "mnist_test", "params:evaluation"]),
+    "label_swap": (
+        plot_label_swap,
+        ["cvae_model", "mnist_test", "params:evaluation", "label_swap_metrics"],
+    ),
     "training_curves": (plot_training_curves, ["training_history"]),
 }
 
@@ -61,6 +65,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "mnist_test",
                     "params:classifier",
                     "params:data_ingestion",
+                    "params:evaluation",
                 ],
                 outputs="trained_digit_classifier",
                 name="get_digit_classifier_node",
@@ -79,8 +84,19 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="evaluate_generation_node",
             ),
             node(
+                func=evaluate_label_swap,
+                inputs=["cvae_model", "trained_digit_classifier", "mnist_test", "params:evaluation"],
+                outputs="label_swap_metrics",
+                name="evaluate_label_swap_node",
+            ),
+            node(
                 func=assemble_metrics,
-                inputs=["reconstruction_metrics", "likelihood_metrics", "generation_metrics"],
+                inputs=[
+                    "reconstruction_metrics",
+                    "likelihood_metrics",
+                    "generation_metrics",
+                    "label_swap_metrics",
+                ],
                 outputs="metrics",
                 name="assemble_metrics_node",
             ),

@@ -9,8 +9,8 @@ from cvae_mnist.datasets import CheckpointStore
 from cvae_mnist.errors import DataError
 from cvae_mnist.inference import encode
 from cvae_mnist.model import CVAE
-from cvae_mnist.params import ModelParams, TrainingParams
-from cvae_mnist.prior import fit_class_prior
+from cvae_mnist.params import ModelParams, PriorParams, TrainingParams
+from cvae_mnist.prior import fit_prior as fit_density
 from cvae_mnist.runtime import select_device
 from cvae_mnist.training import History, Split
 from cvae_mnist.training import train_cvae as train
@@ -38,44 +38,47 @@ def train_cvae(
         seed: Seed of every random source (initial weights, shuffling, z samples).
 
     Returns:
-        The trained model (on the CPU, prior N(0, I)) and its per-epoch history
+        The trained model (on the CPU, prior N(0, I) until :func:`fit_prior`) and its per-epoch history
         (``epoch``, ``seconds``, ``train_*`` and ``test_*`` of loss, reconstruction and kl).
     """
     return train(model, mnist_train, mnist_test, training, seed, training_checkpoint)
 
 
-def fit_prior(trained_cvae: CVAE, mnist_train: Split, training: TrainingParams, seed: int) -> CVAE:
-    """Fit p(z | y) to the encoded training set when ``model.prior`` is ``fitted``.
+def fit_prior(
+    trained_cvae: CVAE, mnist_train: Split, prior: PriorParams, training: TrainingParams, seed: int
+) -> tuple[CVAE, dict[str, list[dict[str, float]]]]:
+    """Give the trained model its prior p(z | y), fitted to the encoded training set.
 
-    Each class gets a mixture of ``model.prior_components`` Gaussians fitted to draws of
-    its images' posteriors (:func:`cvae_mnist.prior.fit_class_prior`); a ``standard_normal``
-    model is returned as it is. Every generator samples from this prior.
+    A ``mixture`` or a ``flow`` is fitted to draws of the training images' posteriors
+    (:func:`cvae_mnist.prior.fit_prior`); a ``standard_normal`` needs no fitting. Every
+    generator samples from this prior.
 
     Args:
         trained_cvae: The trained model.
         mnist_train: Training set, ``{"images", "labels"}``.
+        prior: The ``prior`` parameters.
         training: The ``training`` parameters (device, ``test_batch_size``).
-        seed: Seed of the draws and of the mixtures' initialisation.
+        seed: Seed of the draws and of the fit.
 
     Returns:
-        The model with its prior.
+        The model with its prior, and the fit's curve as MLflow metric histories
+        (``nll``: a flow's per epoch, a mixture's per class; empty for N(0, I)).
     """
-    if trained_cvae.config.prior == "standard_normal":
-        return trained_cvae
-    model = copy.deepcopy(trained_cvae)
+    model = copy.deepcopy(trained_cvae).with_prior(prior)
+    if prior.kind == "standard_normal":
+        return model, {}
     images, labels = mnist_train["images"], mnist_train["labels"]
     device = select_device(training.device)
     mu, logvar = encode(model, images, labels, training.test_batch_size, device, "encoding the training set")
     try:
-        fit_class_prior(model.cpu(), mu, logvar, labels, seed)
+        curve = fit_density(model.prior.cpu(), mu, logvar, labels, prior, seed, device)
     except ValueError as error:
-        raise DataError(f"Cannot fit the prior (model.prior = fitted): {error}.") from None
+        raise DataError(f"Cannot fit the prior (prior.kind = {prior.kind}): {error}.") from None
     logger.info(
-        "Fitted p(z | y), %d Gaussians per class, to %d encoded training images",
-        model.config.prior_components,
-        len(labels),
-    )
-    return model
+        "Fitted p(z | y) (%s) to %d encoded training images: %.2f nats per code",
+        prior.kind, len(labels), curve[-1] if prior.kind == "flow" else sum(curve) / len(curve),
+    )  # fmt: skip
+    return model.cpu(), {"nll": [{"step": step, "value": value} for step, value in enumerate(curve, 1)]}
 
 
 def history_to_mlflow_metrics(training_history: History) -> dict[str, list[dict[str, float]]]:

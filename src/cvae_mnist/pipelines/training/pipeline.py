@@ -28,8 +28,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 func=fit_prior,
-                inputs=["trained_cvae", "mnist_train", "params:training", "params:seed"],
-                outputs="cvae_model",
+                inputs=["trained_cvae", "mnist_train", "params:prior", "params:training", "params:seed"],
+                outputs=["cvae_model", "prior_metrics"],
                 name="fit_prior_node",
             ),
             node(

@@ -15,6 +15,7 @@ A full `kedro run` on the device is the last check, where Kedro is installed.
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import importlib.util
 import os
@@ -64,10 +65,10 @@ class MemoryCheckpoint:
         self.state = state
 
 
-def load_data(quick: bool) -> tuple[dict, dict, str]:
+def load_data(quick: bool, synthetic: bool = False) -> tuple[dict, dict, str]:
     """Real MNIST when a folder has it (a subset with --quick), else synthetic digits."""
     names = {"train": "train", "test": "t10k"}
-    for folder in map(Path, FOLDERS):
+    for folder in map(Path, () if synthetic else FOLDERS):
         found = {n: folder / n for n in os.listdir(folder)} if folder.is_dir() else {}
         files = {}
         for split, prefix in names.items():
@@ -113,7 +114,7 @@ def images_per_second(model: ModelParams, train: dict, device: torch.device, bat
 
 def run_checks(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
     device = select_device(args.device)
-    train, test, source = load_data(args.quick)
+    train, test, source = load_data(args.quick, args.synthetic)
     model = ModelParams(latent_dim=8, base_channels=8) if args.quick else ModelParams()
     rows: list[tuple[str, str, bool]] = []
 
@@ -174,7 +175,9 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
         return f"largest weight difference to an uninterrupted run {worst:.2e}", worst == 0
 
     check("resume after epoch 1 (deterministic)", resume)
-    cvae = trained["model"]
+
+    def cvae() -> Any:  # the model the first training check trained (a KeyError fails the row)
+        return trained["model"]
 
     def agree(what: str, run: Callable[[torch.device], torch.Tensor]) -> tuple[str, bool]:
         here, there = run(device), run(torch.device("cpu"))
@@ -186,15 +189,17 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
         "reconstruction = CPU",
         lambda: agree(
             "reconstruct",
-            lambda d: torch.sigmoid(reconstruct(cvae, test["images"][:1000], test["labels"][:1000], 500, d)),
+            lambda d: torch.sigmoid(
+                reconstruct(cvae(), test["images"][:1000], test["labels"][:1000], 500, d)
+            ),
         ),
     )
-    check("generation = CPU (same seed)", lambda: agree("generate", lambda d: generate(cvae, labels, 7, d)))
+    check("generation = CPU (same seed)", lambda: agree("generate", lambda d: generate(cvae(), labels, 7, d)))
 
     def prior() -> tuple[str, bool]:
-        mu, logvar = encode(cvae, train["images"], train["labels"], 1000, device)
+        mu, logvar = encode(cvae(), train["images"], train["labels"], 1000, device)
         params = PriorParams(epochs=2 if args.quick else 10)
-        fitted = cvae.with_prior(params)
+        fitted = copy.deepcopy(cvae()).with_prior(params)
         curve = fit_prior(fitted.prior, mu, logvar, train["labels"], params, seed=1)
         return f"flow fitted, {curve[-1]:.2f} nats per code", bool(np.isfinite(curve[-1]))
 
@@ -202,7 +207,9 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
 
     def likelihood() -> tuple[str, bool]:
         terms = [
-            likelihood_terms(cvae, test["images"][:500], test["labels"][:500], 10, 1000, d, seed=0)["iw_nll"]
+            likelihood_terms(cvae(), test["images"][:500], test["labels"][:500], 10, 1000, d, seed=0)[
+                "iw_nll"
+            ]
             .mean()
             .item()
             for d in (device, torch.device("cpu"))
@@ -213,15 +220,15 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
     check("likelihood = CPU (K = 10)", likelihood)
 
     def label_swap() -> tuple[str, bool]:
-        judge = train_classifier(train, ClassifierParams(epochs=1), device)
+        judge = train_classifier(train, ClassifierParams(epochs=3), device)
         accuracy = (predict(judge, test["images"], device=device)[0] == test["labels"]).float().mean().item()
-        mu, _ = encode(cvae, test["images"], test["labels"], 1000, device)
+        mu, _ = encode(cvae(), test["images"], test["labels"], 1000, device)
         target = (test["labels"] + 1) % 10
-        swapped = torch.sigmoid(decode(cvae, mu, target, 1000, device))
+        swapped = torch.sigmoid(decode(cvae(), mu, target, 1000, device))
         read = (predict(judge, swapped, device=device)[0] == target).float().mean().item()
         return (
             f"classifier {accuracy:.3f} on test digits; swapped decodes read as the new label {read:.3f}",
-            accuracy > LEARNED,
+            accuracy >= LEARNED,
         )
 
     check("classifier and label swaps", label_swap)
@@ -303,6 +310,9 @@ def main() -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each training check (default 3)")
     parser.add_argument("--quick", action="store_true", help="a small model on a subset, 1 epoch (the tests)")
+    parser.add_argument(
+        "--synthetic", action="store_true", help="synthetic digits even where MNIST is present"
+    )
     parser.add_argument("--out", default="device_check.md", help="where the table is written")
     args = parser.parse_args()
     rows = run_checks(args)

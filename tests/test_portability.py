@@ -1,6 +1,7 @@
 """What runs only on other machines, checked here: Windows' missing POSIX modules, torchrun
 on hosts with fewer GPUs than processes, and Apple's MPS under torchrun."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from cvae_mnist import distributed
 from cvae_mnist.distributed import World
 from cvae_mnist.errors import DistributedError
 from cvae_mnist.runtime import deterministic_algorithms
+from cvae_mnist.saving import write_error
 from mnist_fixtures import CHILD_ENV, REPO, make_test_project
 
 POSIX_ONLY = ("fcntl", "termios", "pwd", "grp", "resource")
@@ -94,3 +96,9 @@ def test_deterministic_mode_sets_cuda_and_cudnn_and_leaves_the_cpu_alone(monkeyp
     assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == (on, not on)
     assert torch.backends.cudnn.allow_tf32 is (not on)
     assert (os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8") is on
+
+
+def test_a_failed_write_is_one_line_where_errno_has_no_edquot(monkeypatch, tmp_path):
+    monkeypatch.delattr(errno, "EDQUOT", raising=False)  # as on Windows
+    message = str(write_error(tmp_path / "cvae.pt", PermissionError(errno.EACCES, "Access is denied")))
+    assert message.startswith(f"Cannot write {tmp_path / 'cvae.pt'}: permission denied.")

@@ -62,7 +62,7 @@ def write_error(path: Path, error: OSError) -> DataError:
     """A user's message for a failed write of ``path``."""
     reason = {
         errno.ENOSPC: "the disk is full",
-        errno.EDQUOT: "the disk quota is exceeded",
+        getattr(errno, "EDQUOT", -1): "the disk quota is exceeded",  # no EDQUOT on Windows
         errno.EACCES: "permission denied",
         errno.EPERM: "permission denied",
         errno.EROFS: "the file system is read-only",

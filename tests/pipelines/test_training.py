@@ -46,7 +46,9 @@ def test_fit_prior_fits_the_prior_and_leaves_its_input_alone(train_set, kind):
         torch.manual_seed(123)
         start = copy.deepcopy(trained).with_prior(prior).prior.state_dict()  # the same initial weights
         flow = [k for k in start if k.startswith("flow.") and start[k].is_floating_point()]
-        assert flow and all(not torch.equal(fitted.prior.state_dict()[k], start[k]) for k in flow if "weight" in k)
+        assert flow and all(
+            not torch.equal(fitted.prior.state_dict()[k], start[k]) for k in flow if "weight" in k
+        )
         assert all(math.isfinite(point["value"]) for point in curve["nll"])
 
 

@@ -23,6 +23,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -123,17 +125,34 @@ class MlflowTrackingHook(MlflowHook):
     def on_pipeline_error(
         self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any
     ) -> None:
-        self._restore_signals()
-        run_id = self.run_id if self._is_mlflow_enabled else None
-        super().on_pipeline_error(error=error, run_params=run_params, pipeline=pipeline, catalog=catalog)
-        if run_id is None:
-            return
-        client = mlflow.MlflowClient()
-        reason = find_user_error(error) or error
-        client.set_tag(run_id, "error", redacted(f"{type(reason).__name__}: {reason}")[:5000])
-        if isinstance(reason, RunInterrupted):
-            client.set_tag(run_id, "interrupted", reason.signal_name)
-            client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        with (
+            self._signals_deferred()
+        ):  # a SIGTERM now (torchrun stopping this rank) waits for the run's status
+            run_id = self.run_id if self._is_mlflow_enabled else None
+            super().on_pipeline_error(error=error, run_params=run_params, pipeline=pipeline, catalog=catalog)
+            if run_id is None:
+                return
+            client = mlflow.MlflowClient()
+            reason = find_user_error(error) or error
+            client.set_tag(run_id, "error", redacted(f"{type(reason).__name__}: {reason}")[:5000])
+            if isinstance(reason, RunInterrupted):
+                client.set_tag(run_id, "interrupted", reason.signal_name)
+                client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+
+    @contextmanager
+    def _signals_deferred(self) -> Iterator[None]:
+        """SIGINT and SIGTERM held while the MLflow run is being closed, then the user's
+        handlers back and a held signal delivered: the run's status is written either way."""
+        held: list[int] = []
+        for number in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.signal(number, lambda n, frame: held.append(n))
+            self._handlers.setdefault(number, previous)
+        try:
+            yield
+        finally:
+            self._restore_signals()
+            if held:
+                signal.raise_signal(held[0])
 
     def _restore_signals(self) -> None:
         for number, handler in self._handlers.items():

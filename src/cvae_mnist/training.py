@@ -183,8 +183,12 @@ class Trainer:
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value.detach().float() * len(labels)
             seen += len(labels)
-            if batch == 1 or batch % CHECK_EVERY == 0 or batch == total:  # a GPU waits here, not every step
-                loss = terms["loss"].item()  # gradients are all-reduced: one rank's NaN is every rank's
+            # One process reads the loss back every CHECK_EVERY batches (a GPU waits only then).
+            # Several compare it every step, in the main thread: a rank that died is then found
+            # by a collective that raises here, not by DDP's background all-reduce, whose
+            # failure can abort the process before the run is marked failed.
+            if self.world.size > 1 or batch == 1 or batch % CHECK_EVERY == 0 or batch == total:
+                loss = self._global_mean({"loss": terms["loss"]})["loss"]
                 if not math.isfinite(loss):
                     raise TrainingDivergedError(
                         f"The {self.name} loss became {loss} at {description}, by batch {batch}. "

@@ -44,6 +44,14 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "prior_mixture_20": ("prior: 20 Gaussians per class, not 10", "prior.components=20,training.resume=true"),
     "prior_standard_normal": ("prior N(0, I), as the report", "prior.kind=standard_normal,training.resume=true"),
     "prior_5": ("prior: 5 Gaussians per class, not 10", "prior.components=5,training.resume=true"),
+    "prior_pseudo_500": (
+        "prior: 0.2 x the mixture + 0.8 x the posteriors of 500 training images per class",
+        "prior.pseudo_inputs=500,training.resume=true",
+    ),
+    "prior_pseudo_500_half": (
+        "prior: 0.5 x the mixture + 0.5 x the posteriors of 500 training images per class",
+        "prior.pseudo_inputs=500,prior.pseudo_weight=0.5,training.resume=true",
+    ),
     "beta_1": ("beta 1.0 (the report's KL weight)", "training.beta=1.0"),
     "kl_warmup": ("KL warm-up over the first epoch", "training.kl_warmup_epochs=1"),
     "embedding": ("a learned 16-dimensional label embedding, not one-hot", "model.conditioning=embedding"),
@@ -58,7 +66,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
 FIGURES = ("label_swap", "generated_digits")  # copied per variant to data/08_reporting/<env>/variants/
 SHOWN = {  # column -> decimals shown
     "label_swap_accuracy": 3, "bce_per_image": 2, "mse_per_image": 3, "ssim": 4, "psnr": 2,
-    "kl_per_image": 2, "iw_nll": 2, "cond_accuracy": 4, "fid": 2,
+    "kl_per_image": 2, "iw_nll": 2, "cond_accuracy": 4, "fid": 2, "nearest_train_ratio": 2,
 }  # fmt: skip
 
 
@@ -92,7 +100,9 @@ def markdown(rows: list[dict[str, str]]) -> str:
     header = ["variant", "change", *SHOWN, "wall time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        values = [f"{float(row[key]):.{decimals}f}" for key, decimals in SHOWN.items()]
+        values = [  # rows measured before a column existed show a dash
+            f"{float(row[key]):.{decimals}f}" if row.get(key) else "—" for key, decimals in SHOWN.items()
+        ]
         wall = f"{int(row['wall_seconds']) // 60} min {int(row['wall_seconds']) % 60} s"
         lines.append("| " + " | ".join([row["variant"], row["change"], *values, wall]) + " |")
     return "\n".join(lines)

@@ -203,10 +203,14 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
 
     def prior() -> tuple[str, bool]:
         mu, logvar = encode(cvae(), train["images"], train["labels"], 1000, device)
-        params = PriorParams(epochs=2 if args.quick else 10)
+        params = PriorParams(
+            kind="flow", epochs=2 if args.quick else 10, pseudo_inputs=50 if args.quick else 500
+        )
         fitted = copy.deepcopy(cvae()).with_prior(params)
         curve = fit_prior(fitted.prior, mu, logvar, train["labels"], params, seed=1)
-        return f"flow fitted, {curve[-1]:.2f} nats per code", bool(np.isfinite(curve[-1]))
+        drawn = generate(fitted, labels, 7, device)  # from the flow and the pseudo-inputs, on the device
+        ok = bool(np.isfinite(curve[-1])) and bool(drawn.isfinite().all())
+        return f"flow fitted, {curve[-1]:.2f} nats per code; {len(drawn)} digits drawn", ok
 
     check("prior fit", prior)
 

@@ -56,7 +56,14 @@ BIN = Path(sys.executable).parent  # the virtual environment's programs: kedro, 
 CHILD_ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "250"}
 TINY_MODEL = {"image_size": 28, "num_classes": 10, "latent_dim": 4, "base_channels": 4}
 TINY_TRAINING = {"epochs": 2, "batch_size": 32, "test_batch_size": 32, "device": "cpu"}
-TINY_PRIOR = {"kind": "flow", "flow_transforms": 1, "flow_hidden": 16, "epochs": 2, "batch_size": 64}
+TINY_PRIOR = {
+    "kind": "flow",
+    "flow_transforms": 1,
+    "flow_hidden": 16,
+    "epochs": 2,
+    "batch_size": 64,
+    "pseudo_inputs": 4,  # the blend with training codes, as the default
+}
 
 
 def make_test_project(

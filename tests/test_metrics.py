@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+import torch
 
-from cvae_mnist.metrics import PSNR_CAP_DB, mse_per_image, psnr_per_image, ssim_per_image
+from cvae_mnist.metrics import PSNR_CAP_DB, mse_per_image, nearest_distances, psnr_per_image, ssim_per_image
 
 
 @pytest.fixture
@@ -25,3 +26,11 @@ def test_known_error_gives_known_mse_and_psnr(images):
 def test_unrelated_images_score_low_ssim(images):
     other = np.random.default_rng(1).random((3, 28, 28))
     assert ssim_per_image(images, other).max() < 0.2
+
+
+def test_nearest_distances_find_each_images_closest_reference_in_every_chunk():
+    reference = torch.zeros(5, 1, 2, 2)
+    reference[:, 0, 0, 0] = torch.arange(5.0)  # images 0..4 differ in one pixel
+    images = reference[[4, 1, 3]].clone()
+    images[:, 0, 1, 1] = torch.tensor([0.0, 0.25, 3.0])  # moved off them along another pixel
+    torch.testing.assert_close(nearest_distances(images, reference, chunk=2), torch.tensor([0.0, 0.25, 3.0]))

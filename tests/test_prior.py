@@ -11,8 +11,10 @@ from cvae_mnist.model import CVAE
 from cvae_mnist.params import ModelParams, PriorParams
 from cvae_mnist.prior import (
     SAMPLE_CHUNK,
+    BlendedPrior,
     FlowPrior,
     MixturePrior,
+    PseudoInputPrior,
     StandardNormalPrior,
     build_prior,
     fit_prior,
@@ -42,7 +44,8 @@ def test_build_prior_gives_each_kind():
     mixture = build_prior(PriorParams(kind="mixture", components=3), 8, 10)
     assert isinstance(mixture, MixturePrior) and mixture.weights.shape == (10, 3)
     assert isinstance(
-        build_prior(PriorParams(kind="flow", flow_transforms=2, flow_hidden=16), 8, 10), FlowPrior
+        build_prior(PriorParams(kind="flow", flow_transforms=2, flow_hidden=16), 8, 10),
+        FlowPrior,
     )
 
 
@@ -61,7 +64,12 @@ def test_fit_prior_recovers_each_class_mixture():
     codes, labels, centres = _clusters(40_000)
     # posterior means at the clusters' points, each with variance 0.01 around it
     curve = fit_prior(
-        prior, codes, torch.full_like(codes, -4.6052), labels, PriorParams(kind="mixture"), seed=0
+        prior,
+        codes,
+        torch.full_like(codes, -4.6052),
+        labels,
+        PriorParams(kind="mixture"),
+        seed=0,
     )
     assert len(curve) == 10 and all(math.isfinite(v) for v in curve)  # one score per class
     for k in range(10):
@@ -172,13 +180,80 @@ def test_a_mixture_kl_is_estimated_with_the_draws_and_matches_the_closed_form():
     assert torch.equal(again, estimated)  # deterministic per seed
 
 
-@pytest.mark.parametrize("kind", ["standard_normal", "mixture", "flow"])
+@pytest.mark.parametrize("kind", ["standard_normal", "mixture", "flow", "pseudo"])
 def test_log_prob_broadcasts_over_draws_as_it_scores_each_draw(kind):
     torch.manual_seed(0)
-    prior = build_prior(PriorParams(kind=kind, components=2, flow_transforms=2, flow_hidden=16), 8, 10)
+    pseudo = (
+        {"kind": "mixture", "pseudo_inputs": 3, "pseudo_weight": 0.4} if kind == "pseudo" else {"kind": kind}
+    )
+    prior = build_prior(
+        PriorParams(**{"pseudo_inputs": 0, **pseudo}, components=2, flow_transforms=2, flow_hidden=16), 8, 10
+    )
     with torch.no_grad():
         for tensor in [*prior.parameters(), *(b for n, b in prior.named_buffers() if n == "mean")]:
             tensor.normal_(0, 0.3)
         z, labels = torch.randn(5, 4, 8), torch.tensor([0, 3, 3, 9])  # 5 draws for each of 4 labels
         each = torch.stack([prior.log_prob(draw, labels) for draw in z])
         torch.testing.assert_close(prior.log_prob(z, labels), each)
+
+
+def test_pseudo_inputs_are_the_posteriors_of_training_images_of_each_class():
+    generator = torch.Generator().manual_seed(0)
+    mu, logvar, labels = torch.randn(60, 8, generator=generator), -torch.rand(60, 8), torch.arange(60) % 10
+    prior = build_prior(PriorParams(kind="mixture", components=2, pseudo_inputs=3, pseudo_weight=0.3), 8, 10)
+    assert isinstance(prior, BlendedPrior) and isinstance(prior.pseudo, PseudoInputPrior)
+    curve = fit_prior(prior, mu, logvar, labels, PriorParams(), seed=1)
+    assert len(curve) == 10  # the mixture beside them was fitted too
+    assert not torch.equal(prior.base.mean, torch.zeros_like(prior.base.mean))
+    for k in range(10):
+        for mean, var in zip(prior.pseudo.mean[k], prior.pseudo.logvar[k]):
+            row = ((mu == mean).all(1) & (labels == k)).nonzero()[:, 0]
+            assert len(row) == 1 and torch.equal(logvar[row[0]], var)  # a training image of class k
+    with pytest.raises(
+        ValueError, match="7 pseudo-inputs of class 0 need as many training images of it, got 6"
+    ):
+        fit_prior(
+            build_prior(PriorParams(components=2, pseudo_inputs=7), 8, 10),
+            mu,
+            logvar,
+            labels,
+            PriorParams(),
+            seed=1,
+        )
+
+
+def test_the_pseudo_input_density_is_the_mean_of_their_gaussians():
+    prior = PseudoInputPrior(8, 10, 3)
+    generator = torch.Generator().manual_seed(0)
+    prior.mean.normal_(generator=generator)
+    prior.logvar.uniform_(-3, 0, generator=generator)
+    z, labels = torch.randn(5, 4, 8, generator=generator), torch.tensor([0, 3, 3, 9])
+    gaussians = torch.distributions.Independent(
+        torch.distributions.Normal(prior.mean[labels], (0.5 * prior.logvar[labels]).exp()), 1
+    )
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(torch.ones(4, 3)), gaussians
+    )
+    torch.testing.assert_close(prior.log_prob(z, labels), mixture.log_prob(z))
+    draws = prior.sample(torch.full((3000,), 3), torch.Generator().manual_seed(1))
+    nearest = torch.cdist(draws, prior.mean[3]).argmin(1)
+    spread = ((draws - prior.mean[3][nearest]) / (0.5 * prior.logvar[3][nearest]).exp()).std()
+    assert nearest.bincount(minlength=3).min() > 800 and 0.9 < spread < 1.1  # each equally, its own width
+    assert torch.equal(draws, prior.sample(torch.full((3000,), 3), torch.Generator().manual_seed(1)))
+
+
+def test_a_blended_prior_weighs_its_two_densities_and_draws_from_each_by_weight():
+    base = StandardNormalPrior(8, 10)
+    pseudo = PseudoInputPrior(8, 10, 2)
+    pseudo.mean.fill_(20.0)  # far from N(0, I): each draw's source is plain
+    pseudo.logvar.fill_(-4.0)
+    blend = BlendedPrior(base, pseudo, 0.25)
+    z, labels = torch.randn(3, 4, 8), torch.tensor([1, 2, 2, 5])
+    expected = torch.logaddexp(
+        math.log(0.75) + base.log_prob(z, labels), math.log(0.25) + pseudo.log_prob(z, labels)
+    )
+    torch.testing.assert_close(blend.log_prob(z, labels), expected)
+    draws = blend.sample(torch.arange(10).repeat(400), torch.Generator().manual_seed(0))
+    share = (draws.mean(1) > 10).float().mean().item()
+    assert 0.22 < share < 0.28
+    assert torch.equal(BlendedPrior(base, pseudo, 1.0).log_prob(z, labels), pseudo.log_prob(z, labels))

@@ -1,8 +1,10 @@
-"""Per-image reconstruction metrics on images in [0, 1] (arrays ``[N, H, W]``)."""
+"""Per-image metrics on images in [0, 1]: reconstruction quality (arrays ``[N, H, W]``) and
+how close generated digits come to the training digits (tensors)."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 # PSNR is infinite for a perfect reconstruction; we cap it so means stay finite.
@@ -39,3 +41,11 @@ def psnr_per_image(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarra
             for image, recon in zip(images, reconstructions)
         ]
     return np.minimum(np.array(values), PSNR_CAP_DB)
+
+
+def nearest_distances(images: torch.Tensor, reference: torch.Tensor, chunk: int = 250) -> torch.Tensor:
+    """Each image's Euclidean distance to its nearest image in ``reference`` (same device):
+    a generator that replays its training digits gives distances far below those of new
+    real digits."""
+    flat = reference.flatten(1).float()
+    return torch.cat([torch.cdist(part.flatten(1).float(), flat).amin(1) for part in images.split(chunk)])

@@ -55,6 +55,10 @@ class PriorParams(Section):
     components: int = Field(10, ge=1, le=32, description="Gaussians per class of a mixture")
     flow_transforms: int = Field(4, ge=1, le=16, description="autoregressive transforms of the flow")
     flow_hidden: int = Field(256, ge=8, le=4096, description="units of each hidden layer of the flow")
+    pseudo_inputs: int = Field(
+        0, ge=0, le=6000, description="training images per class whose posteriors join the prior; 0: none"
+    )
+    pseudo_weight: float = Field(0.8, ge=0, le=1, description="the share of those posteriors in the prior")
     epochs: int = Field(10, ge=1, le=1000, description="passes of the flow over the encoded training set")
     batch_size: int = Field(512, ge=1, le=60_000)
     lr: float = Field(

@@ -12,6 +12,10 @@ without touching the network. Three kinds, each with an exact density and seeded
   in coupling form, so that sampling takes two passes per transform, trained by maximum
   likelihood.
 
+Any of them can be blended with the posteriors of some training images per class
+(``pseudo_inputs``, ``pseudo_weight``): a VampPrior whose pseudo-inputs are real digits. Its
+draws decode like reconstructions, which the fitted densities do not reach (docs/results.md).
+
 Each is fitted to fresh draws z ~ q(z | x, y) of the training images, not to the
 posterior means alone: a density of the means is too narrow for draws of q to score
 well under it. Noise for sampling comes from a CPU generator, so that one seed gives the
@@ -139,13 +143,74 @@ class FlowPrior(Prior):
         return self.mean[labels] + (self.scale_tril[labels] @ u.unsqueeze(-1)).squeeze(-1)
 
 
+class PseudoInputPrior(Prior):
+    """The posteriors q(z | x_i, y) of ``count`` training images per class, equally weighted:
+    a VampPrior (Tomczak & Welling 2018) whose pseudo-inputs are training images. Its draws
+    are codes of real training digits, jittered by their posterior noise."""
+
+    def __init__(self, latent_dim: int, num_classes: int, count: int) -> None:
+        super().__init__(latent_dim, num_classes)
+        self.register_buffer("mean", torch.zeros(num_classes, count, latent_dim))
+        self.register_buffer("logvar", torch.zeros(num_classes, count, latent_dim))
+
+    def log_prob(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # |z - m|^2 / s^2 expanded into matrix products ([draws, d] x [d, count] per row), on
+        # codes centred on their class's pseudo-inputs so that float32 keeps ~0.02 nats
+        centre, draws = self.mean.mean(1)[labels], z.reshape(-1, *z.shape[-2:]).float()  # [D, N, d]
+        out = []
+        for start in range(0, len(labels), SAMPLE_CHUNK // 16):  # bounds the gathered [n, count, d]
+            rows = slice(start, start + SAMPLE_CHUNK // 16)
+            y, zc = labels[rows], (draws[:, rows] - centre[rows]).transpose(0, 1)  # [n, D, d]
+            mean, precision = self.mean[y] - centre[rows, None], (-self.logvar[y]).exp()  # [n, count, d]
+            squared = (
+                torch.bmm(zc.pow(2), precision.mT)
+                - 2 * torch.bmm(zc, (mean * precision).mT)
+                + (mean.pow(2) * precision).sum(-1)[:, None]
+            )  # [n, draws, count]
+            log_norm = self.logvar[y].sum(-1) + self.latent_dim * math.log(2 * math.pi)
+            out.append(torch.logsumexp(-0.5 * (squared + log_norm[:, None]), dim=-1))
+        scores = torch.cat(out).T - math.log(self.mean.shape[1])  # [D, N]
+        return scores.reshape(z.shape[:-1]).to(z.dtype)
+
+    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        noise = self._noise(len(labels), generator, labels.device)
+        pick = torch.randint(self.mean.shape[1], (len(labels),), generator=generator).to(labels.device)
+        return self.mean[labels, pick] + torch.exp(0.5 * self.logvar[labels, pick]) * noise
+
+
+class BlendedPrior(Prior):
+    """``(1 - weight) * base + weight * pseudo``: a fitted density, and training codes."""
+
+    def __init__(self, base: Prior, pseudo: PseudoInputPrior, weight: float) -> None:
+        super().__init__(base.latent_dim, base.num_classes)
+        self.base, self.pseudo, self.weight = base, pseudo, weight
+
+    def log_prob(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.weight in (0.0, 1.0):
+            return (self.pseudo if self.weight else self.base).log_prob(z, labels)
+        return torch.logaddexp(
+            math.log1p(-self.weight) + self.base.log_prob(z, labels),
+            math.log(self.weight) + self.pseudo.log_prob(z, labels),
+        )
+
+    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        base, pseudo = self.base.sample(labels, generator), self.pseudo.sample(labels, generator)
+        which = (torch.rand(len(labels), generator=generator) < self.weight).to(labels.device)
+        return torch.where(which[:, None], pseudo, base)
+
+
 def build_prior(params: PriorParams, latent_dim: int, num_classes: int) -> Prior:
     """The prior ``params`` describe, unfitted (a mixture and a flow start as N(0, I)-like)."""
     if params.kind == "mixture":
-        return MixturePrior(latent_dim, num_classes, params.components)
-    if params.kind == "flow":
-        return FlowPrior(latent_dim, num_classes, params.flow_transforms, params.flow_hidden)
-    return StandardNormalPrior(latent_dim, num_classes)
+        base: Prior = MixturePrior(latent_dim, num_classes, params.components)
+    elif params.kind == "flow":
+        base = FlowPrior(latent_dim, num_classes, params.flow_transforms, params.flow_hidden)
+    else:
+        base = StandardNormalPrior(latent_dim, num_classes)
+    if params.pseudo_inputs == 0:
+        return base
+    pseudo = PseudoInputPrior(latent_dim, num_classes, params.pseudo_inputs)
+    return BlendedPrior(base, pseudo, params.pseudo_weight)
 
 
 def posterior_draws(
@@ -184,11 +249,28 @@ def fit_prior(
     Raises:
         ValueError: If a class has too few images for a mixture's components.
     """
+    if isinstance(prior, BlendedPrior):
+        _pick_pseudo_inputs(prior.pseudo, mu, logvar, labels, seed)
+        return fit_prior(prior.base, mu, logvar, labels, params, seed, device)
     if isinstance(prior, MixturePrior):
         return _fit_mixture(prior, mu, logvar, labels, seed)
     if isinstance(prior, FlowPrior):
         return _fit_flow(prior, mu, logvar, labels, params, seed, device)
     return []
+
+
+def _pick_pseudo_inputs(
+    prior: PseudoInputPrior, mu: torch.Tensor, logvar: torch.Tensor, labels: torch.Tensor, seed: int
+) -> None:
+    count, generator = prior.mean.shape[1], torch.Generator().manual_seed(seed)
+    for k in range(prior.num_classes):
+        rows = (labels == k).nonzero()[:, 0]
+        if len(rows) < count:
+            raise ValueError(
+                f"{count} pseudo-inputs of class {k} need as many training images of it, got {len(rows)}"
+            )
+        chosen = rows[torch.randperm(len(rows), generator=generator)[:count]]
+        prior.mean[k], prior.logvar[k] = mu[chosen].float(), logvar[chosen].float()
 
 
 def _fit_mixture(

@@ -12,6 +12,7 @@ from cvae_mnist.params import ClassifierParams, EvaluationParams, IngestionParam
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
 from cvae_mnist.pipelines.evaluation import create_pipeline, nodes
 from cvae_mnist.pipelines.evaluation.nodes import (
+    evaluate_generation,
     evaluate_label_swap,
     evaluate_reconstructions,
     get_digit_classifier,
@@ -97,7 +98,10 @@ def test_label_swap_accuracy_counts_the_decodes_read_as_the_new_label(model, dat
         "decode",
         lambda cvae, mu, labels, *args: _written(torch.where(labels < 5, labels, test["labels"])),
     )
-    targets = torch.cat([(test["labels"] + shift) % 10 for shift in range(1, 10)])
+    # image i under label y + 1 + (i mod 9): every other label, equally often
+    shifts = 1 + torch.arange(len(test["labels"])) % 9
+    targets = (test["labels"] + shifts) % 10
+    assert (targets != test["labels"]).all()
     expected = (targets < 5).float().mean().item()
     assert evaluate_label_swap(model, judge, test, EVALUATION)["label_swap_accuracy"].item() == pytest.approx(
         expected
@@ -164,3 +168,18 @@ def test_the_digit_classifier_is_kept_per_device_type(data, tmp_path, monkeypatc
         store, train, test, ClassifierParams(epochs=1), IngestionParams(), EVALUATION
     )
     assert trained_on == [torch.device("meta")] and again["config"]["device"] == "meta"
+
+
+def test_nearest_train_ratio_tells_copies_of_training_digits_from_new_ones(model, data, monkeypatch):
+    train, test = data
+    judge = {"state_dict": DigitClassifier().state_dict(), "test_accuracy": 0.5}
+    params = EvaluationParams(batch_size=16, device="cpu", samples_per_class=4)
+
+    def ratio(images: torch.Tensor) -> float:
+        monkeypatch.setattr(nodes, "generate", lambda *args, **kwargs: images)
+        return evaluate_generation(model, judge, train, test, params, seed=0)["nearest_train_ratio"].item()
+
+    copies = train["images"][:40]
+    assert ratio(copies) == 0.0  # training digits given back
+    assert ratio(test["images"][:40]) == pytest.approx(1.0, abs=0.35)  # unseen real digits
+    assert ratio(copies + 0.2 * torch.rand(copies.shape, generator=torch.Generator().manual_seed(0))) > 0

@@ -30,6 +30,7 @@ OUR_COLUMNS = [
     "fid",
     "fid_reference",
     "classifier_accuracy",
+    "nearest_train_ratio",
     "label_swap_accuracy",
 ]
 

@@ -14,7 +14,7 @@ from cvae_mnist.classifier import DigitClassifier, frechet_distance, predict, tr
 from cvae_mnist.datasets import CheckpointStore
 from cvae_mnist.inference import decode, encode, generate, likelihood_terms, reconstruct
 from cvae_mnist.losses import reconstruction_loss
-from cvae_mnist.metrics import mse_per_image, psnr_per_image, ssim_per_image
+from cvae_mnist.metrics import mse_per_image, nearest_distances, psnr_per_image, ssim_per_image
 from cvae_mnist.model import CVAE
 from cvae_mnist.params import DIGITS, ClassifierParams, EvaluationParams, IngestionParams
 from cvae_mnist.plotting import digit_grid_figure, figure_with_axes, show_grid
@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("n_images", "bce_per_image", "mse_per_image", "ssim", "psnr")  # the report's, in its order
 LIKELIHOOD_COLUMNS = ("kl_per_image", "neg_elbo_per_image", "iw_nll", "iw_samples")
-GENERATION_COLUMNS = ("cond_accuracy", "fid", "fid_reference", "classifier_accuracy")
+GENERATION_COLUMNS = ("cond_accuracy", "fid", "fid_reference", "classifier_accuracy", "nearest_train_ratio")
+NEAREST_SAMPLE = 1000  # generated and test digits whose nearest training digit is found
 SWAP_COLUMNS = ("label_swap_accuracy",)
 
 
@@ -180,8 +181,11 @@ def evaluate_generation(
     Returns:
         One row: ``cond_accuracy`` (share classified as the requested digit), ``fid``
         (Fréchet distance of the classifier's features, generated vs test images),
-        ``fid_reference`` (the same, training vs test images: the floor) and
-        ``classifier_accuracy`` (the classifier's test-set accuracy).
+        ``fid_reference`` (the same, training vs test images: the floor),
+        ``classifier_accuracy`` (the classifier's test-set accuracy) and
+        ``nearest_train_ratio``: the median distance from generated digits to their nearest
+        training digit over the same for test digits (1: as new as unseen real digits;
+        near 0: copies of training digits, which ``fid`` does not see).
     """
     judge, device = _judge(trained_digit_classifier), select_device(evaluation.device)
     requested = torch.arange(cvae_model.config.num_classes).repeat_interleave(evaluation.samples_per_class)
@@ -194,8 +198,18 @@ def evaluate_generation(
         "fid": frechet_distance(generated_features.numpy(), test_features.numpy()),
         "fid_reference": frechet_distance(train_features.numpy(), test_features.numpy()),
         "classifier_accuracy": trained_digit_classifier["test_accuracy"],
+        "nearest_train_ratio": _novelty(generated, mnist_test["images"], mnist_train["images"], device),
     }
     return pd.DataFrame([row], columns=list(GENERATION_COLUMNS))
+
+
+def _novelty(generated: torch.Tensor, test: torch.Tensor, train: torch.Tensor, device: torch.device) -> float:
+    """Median nearest-training-digit distance of generated digits (every class, evenly) over
+    that of test digits."""
+    train = train.to(device)
+    ours = nearest_distances(generated[:: max(1, len(generated) // NEAREST_SAMPLE)].to(device), train)
+    theirs = nearest_distances(test[:NEAREST_SAMPLE].to(device), train).median()
+    return float(ours.median() / theirs) if theirs > 0 else float("nan")  # test digits all in train
 
 
 def evaluate_label_swap(
@@ -205,7 +219,12 @@ def evaluate_label_swap(
     evaluation: EvaluationParams,
 ) -> pd.DataFrame:
     """Whether the label decides the digit: each test image's posterior mean ``mu(x, y)``
-    decoded under every other label ``t``, and read by the digit classifier.
+    decoded under another label ``t`` and read by the digit classifier.
+
+    Image ``i`` is decoded under ``t = (y + 1 + i mod 9) mod 10``, so that over the test set
+    each of the nine other labels is asked equally often: one decode per image. On the
+    default model this gave 0.9625, as did every image under all nine labels (9 times the
+    cost; docs/results.md).
 
     Args:
         cvae_model: The trained model.
@@ -220,12 +239,10 @@ def evaluate_label_swap(
     judge, device, k = _judge(trained_digit_classifier), select_device(evaluation.device), DIGITS
     images, labels = mnist_test["images"], mnist_test["labels"]
     mu, _ = encode(cvae_model, images, labels, evaluation.batch_size, device, "label swaps")
-    hits = 0
-    for shift in range(1, k):  # every other label once per image
-        target = (labels + shift) % k
-        swapped = torch.sigmoid(decode(cvae_model, mu, target, evaluation.batch_size, device))
-        hits += int((predict(judge, swapped, device=device)[0] == target).sum())
-    return pd.DataFrame([{"label_swap_accuracy": hits / (len(labels) * (k - 1))}], columns=list(SWAP_COLUMNS))
+    target = (labels + 1 + torch.arange(len(labels)) % (k - 1)) % k
+    swapped = torch.sigmoid(decode(cvae_model, mu, target, evaluation.batch_size, device))
+    hits = int((predict(judge, swapped, device=device)[0] == target).sum())
+    return pd.DataFrame([{"label_swap_accuracy": hits / len(labels)}], columns=list(SWAP_COLUMNS))
 
 
 def _judge(trained_digit_classifier: dict[str, Any]) -> DigitClassifier:

@@ -50,8 +50,9 @@ def fit_prior(
     """Give the trained model its prior p(z | y), fitted to the encoded training set.
 
     A ``mixture`` or a ``flow`` is fitted to draws of the training images' posteriors
-    (:func:`cvae_mnist.prior.fit_prior`); a ``standard_normal`` needs no fitting. Every
-    generator samples from this prior.
+    (:func:`cvae_mnist.prior.fit_prior`), and ``pseudo_inputs`` training images per class
+    lend it their posteriors; a ``standard_normal`` alone needs no fitting. Every generator
+    samples from this prior.
 
     Args:
         trained_cvae: The trained model.
@@ -65,7 +66,7 @@ def fit_prior(
         (``nll``: a flow's per epoch, a mixture's per class; empty for N(0, I)).
     """
     model = copy.deepcopy(trained_cvae).with_prior(prior)
-    if prior.kind == "standard_normal":
+    if prior.kind == "standard_normal" and prior.pseudo_inputs == 0:
         return model, {}
     images, labels = mnist_train["images"], mnist_train["labels"]
     device = select_device(training.device)
@@ -74,10 +75,11 @@ def fit_prior(
         curve = fit_density(model.prior.cpu(), mu, logvar, labels, prior, seed, device)
     except ValueError as error:
         raise DataError(f"Cannot fit the prior (prior.kind = {prior.kind}): {error}.") from None
-    logger.info(
-        "Fitted p(z | y) (%s) to %d encoded training images: %.2f nats per code",
-        prior.kind, len(labels), curve[-1] if prior.kind == "flow" else sum(curve) / len(curve),
-    )  # fmt: skip
+    if curve:
+        logger.info(
+            "Fitted p(z | y) (%s) to %d encoded training images: %.2f nats per code",
+            prior.kind, len(labels), curve[-1] if prior.kind == "flow" else sum(curve) / len(curve),
+        )  # fmt: skip
     return model.cpu(), {"nll": [{"step": step, "value": value} for step, value in enumerate(curve, 1)]}
 
 

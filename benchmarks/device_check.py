@@ -39,8 +39,8 @@ from cvae_mnist.idx import parse_idx  # noqa: E402
 from cvae_mnist.inference import decode, encode, generate, likelihood_terms, reconstruct  # noqa: E402
 from cvae_mnist.params import ClassifierParams, ModelParams, PriorParams, TrainingParams  # noqa: E402
 from cvae_mnist.prior import fit_prior  # noqa: E402
+from cvae_mnist.recipe import fit_cvae  # noqa: E402
 from cvae_mnist.runtime import mixed_precision_dtype, select_device  # noqa: E402
-from cvae_mnist.training import train_cvae  # noqa: E402
 
 FOLDERS = ("data/01_raw/mnist", "../shared/mnist")
 TOLERANCE = 5e-3  # largest pixel difference allowed between the device's and the CPU's images
@@ -110,7 +110,7 @@ def images_per_second(model: ModelParams, train: dict, device: torch.device, bat
     params = TrainingParams(
         device=device.type, epochs=2, batch_size=batch_size, lr_schedule="constant", lr=1e-3
     )
-    _, history = train_cvae(model, subset, {k: v[:batch_size] for k, v in subset.items()}, params, seed=0)
+    _, history = fit_cvae(model, subset, {k: v[:batch_size] for k, v in subset.items()}, params, seed=0)
     return n / history["seconds"][-1]
 
 
@@ -150,7 +150,7 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
 
     def train_with(**settings: Any) -> tuple[str, bool]:
         params = TrainingParams(device=device.type, epochs=epochs, swap_weight=1.0, **settings)
-        cvae, history = train_cvae(model, train, test, params, seed=1)
+        cvae, history = fit_cvae(model, train, test, params, seed=1)
         trained.setdefault("model", cvae)
         loss, seconds = history["test_loss"][-1], sum(history["seconds"])
         rate = epochs * len(train["labels"]) / seconds
@@ -169,10 +169,10 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
     def resume() -> tuple[str, bool]:
         params = TrainingParams(device=device.type, epochs=2, deterministic=True, swap_weight=1.0)
         small = {k: v[:2048] for k, v in train.items()}
-        straight, _ = train_cvae(model, small, test, params, seed=3)
+        straight, _ = fit_cvae(model, small, test, params, seed=3)
         stopped = MemoryCheckpoint()
         _train_stopped(model, small, test, params, stopped)  # as if killed after epoch 1
-        resumed, _ = train_cvae(
+        resumed, _ = fit_cvae(
             model, small, test, params.model_copy(update={"resume": True}), seed=3, checkpoint=stopped
         )
         pairs = zip(straight.state_dict().values(), resumed.state_dict().values())
@@ -271,7 +271,7 @@ def _train_stopped(
 
     store.write = write_then_stop
     try:
-        train_cvae(model, train, test, params, seed=3, checkpoint=store)
+        fit_cvae(model, train, test, params, seed=3, checkpoint=store)
     except Stop:
         pass
     del store.write  # the class's write again

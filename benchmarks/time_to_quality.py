@@ -40,8 +40,8 @@ from cvae_mnist.losses import reconstruction_loss
 from cvae_mnist.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from cvae_mnist.model import CVAE
 from cvae_mnist.params import ProjectParameters
+from cvae_mnist.recipe import cvae_trainer, steps_per_epoch
 from cvae_mnist.runtime import seed_everything
-from cvae_mnist.training import cvae_trainer, steps_per_epoch
 
 
 def report_metrics(real: torch.Tensor, probabilities: torch.Tensor, bce: torch.Tensor) -> dict[str, float]:

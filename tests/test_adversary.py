@@ -9,7 +9,7 @@ from cvae_mnist.distributed import World
 from cvae_mnist.model import CVAE
 from cvae_mnist.params import IngestionParams, ModelParams, TrainingParams
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
-from cvae_mnist.training import CVAEObjective, resume_settings, train_cvae
+from cvae_mnist.recipe import CVAEObjective, fit_cvae, resume_settings
 
 SMALL = ModelParams(latent_dim=6, base_channels=4)
 
@@ -105,7 +105,7 @@ def test_a_checkpoint_of_other_aids_cannot_be_resumed():
 def test_training_with_the_aids_saves_the_cvae_alone_and_records_their_losses(tiny_raw):
     train, test = decode_mnist(tiny_raw, IngestionParams())
     params = TrainingParams(epochs=2, batch_size=32, device="cpu", adversary_weight=1.0, swap_weight=1.0)
-    model, history = train_cvae(SMALL, train, test, params, seed=0)
+    model, history = fit_cvae(SMALL, train, test, params, seed=0)
     assert type(model) is CVAE
     assert not any(key.startswith(("adversary", "critic", "cvae.")) for key in model.state_dict())
     for term in ("adversary", "critic", "swap"):

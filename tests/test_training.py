@@ -3,13 +3,14 @@
 import pytest
 import torch
 
-from cvae_mnist import training as engine
+from cvae_mnist import checkpoints, recipe
 from cvae_mnist.datasets import CheckpointDataset
+from cvae_mnist.engine import Trainer, batches
 from cvae_mnist.errors import ModelFileError, TrainingDivergedError
 from cvae_mnist.params import IngestionParams, ModelParams, TrainingParams
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
+from cvae_mnist.recipe import CVAEObjective, fit_cvae
 from cvae_mnist.runtime import mixed_precision_dtype
-from cvae_mnist.training import CVAEObjective, Trainer, batches, train_cvae
 
 MODEL = ModelParams(
     latent_dim=4,
@@ -31,7 +32,7 @@ def data(tiny_raw):
 def _train(data, model=MODEL, store=None, **training):
     settings = {"batch_size": 32, "device": "cpu", "epochs": 2, "lr": 1e-3, "lr_schedule": "constant"}
     params = TrainingParams(**{**settings, **training})
-    return train_cvae(model, *data, params, seed=0, checkpoint=store)
+    return fit_cvae(model, *data, params, seed=0, checkpoint=store)
 
 
 def test_batches_cover_the_data_once_in_order_or_shuffled(data):
@@ -56,7 +57,7 @@ def test_each_speed_setting_keeps_the_loss(data, model, setting):
     assert fast["test_loss"] == pytest.approx(plain["test_loss"], rel=tolerance)
 
 
-def test_train_cvae_returns_a_plain_cpu_model_and_its_history(data):
+def test_fit_cvae_returns_a_plain_cpu_model_and_its_history(data):
     model, history = _train(data)
     assert model.config == MODEL and not model.training
     assert all(t.device.type == "cpu" and t.is_contiguous() for t in model.state_dict().values())
@@ -219,7 +220,7 @@ class TestCheckpoints:
             nan = logits.sum() * float("nan")
             return {"loss": nan, "reconstruction": nan, "kl": nan}
 
-        monkeypatch.setattr(engine, "cvae_loss", nan_loss)
+        monkeypatch.setattr(recipe, "cvae_loss", nan_loss)
         with pytest.raises(
             TrainingDivergedError,
             match=r"became nan at epoch 2/2, by batch 1\..*The checkpoint of epoch 1 is kept in .*checkpoint.pt",
@@ -261,7 +262,7 @@ class TestDeviceRandomState:
     """The random state a checkpoint keeps of the training device, and where it is restored."""
 
     def test_the_cpu_keeps_no_device_state(self):
-        state = engine._rng_state(torch.Generator(), torch.device("cpu"))
+        state = checkpoints.rng_state(torch.Generator(), torch.device("cpu"))
         assert state["device"] == {"type": "cpu", "state": None}
 
     def test_a_gpu_keeps_its_own_generator_and_restores_it_on_its_own_device(self, monkeypatch):
@@ -273,28 +274,30 @@ class TestDeviceRandomState:
             torch.cuda, "set_rng_state", lambda s, device: calls.append(("set", device, s.sum().item()))
         )
         device = torch.device("cuda", 1)  # rank 1 of a job on a machine of 2 GPUs
-        state = engine._rng_state(torch.Generator(), device)
-        engine._set_rng_state(state, torch.Generator(), torch.device("cuda", 0))  # resumed on a 1-GPU host
+        state = checkpoints.rng_state(torch.Generator(), device)
+        checkpoints.set_rng_state(
+            state, torch.Generator(), torch.device("cuda", 0)
+        )  # resumed on a 1-GPU host
         assert calls == [("get", device), ("set", torch.device("cuda", 0), 3.0)]
 
     def test_mps_keeps_its_generator(self, monkeypatch):
         calls = []
         monkeypatch.setattr(torch.mps, "get_rng_state", lambda: torch.full((2,), 7))
         monkeypatch.setattr(torch.mps, "set_rng_state", lambda s: calls.append(s.tolist()))
-        state = engine._rng_state(torch.Generator(), torch.device("mps"))
-        engine._set_rng_state(state, torch.Generator(), torch.device("mps"))
+        state = checkpoints.rng_state(torch.Generator(), torch.device("mps"))
+        checkpoints.set_rng_state(state, torch.Generator(), torch.device("mps"))
         assert calls == [[7, 7]]
 
     def test_a_gpu_checkpoint_resumes_on_the_cpu_without_touching_cuda(self, monkeypatch):
         monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.ones(3))
-        state = engine._rng_state(torch.Generator().manual_seed(4), torch.device("cuda", 0))
+        state = checkpoints.rng_state(torch.Generator().manual_seed(4), torch.device("cuda", 0))
 
         def refuse(*args, **kwargs):
             raise AssertionError("CUDA touched")
 
         monkeypatch.setattr(torch.cuda, "set_rng_state", refuse)
         generator = torch.Generator()
-        engine._set_rng_state(state, generator, torch.device("cpu"))
+        checkpoints.set_rng_state(state, generator, torch.device("cpu"))
         assert torch.equal(generator.get_state(), torch.Generator().manual_seed(4).get_state())
 
 

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvae_mnist.engine import Trainer, fit
 from cvae_mnist.params import ClassifierParams
 from cvae_mnist.runtime import seed_everything
-from cvae_mnist.training import Split, Trainer, fit
+from cvae_mnist.schema import Split
 
 
 class DigitClassifier(nn.Module):

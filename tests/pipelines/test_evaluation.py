@@ -1,4 +1,4 @@
-"""Nodes of the evaluation pipeline."""
+"""Nodes of the evaluation pipeline, and the figures of the reporting pipeline it includes."""
 
 import pandas as pd
 import pytest
@@ -16,10 +16,12 @@ from cvae_mnist.pipelines.evaluation.nodes import (
     evaluate_label_swap,
     evaluate_reconstructions,
     get_digit_classifier,
+    reconstruct_test_set,
+)
+from cvae_mnist.pipelines.reporting.nodes import (
     plot_label_swap,
     plot_reconstructions,
     plot_worst_reconstructions,
-    reconstruct_test_set,
 )
 
 EVALUATION = EvaluationParams(batch_size=16, device="cpu")
@@ -47,8 +49,8 @@ def test_the_test_set_is_reconstructed_once_for_the_metrics_and_the_figures(mode
     consumers = {n.name for n in create_pipeline().nodes if "test_reconstructions" in n.inputs}
     assert consumers == {
         "evaluation.evaluate_reconstructions_node",
-        "evaluation.plot_reconstructions_node",
-        "evaluation.plot_worst_reconstructions_node",
+        "reporting.plot_reconstructions_node",
+        "reporting.plot_worst_reconstructions_node",
     }
     assert "cvae_model" not in {i for n in create_pipeline().nodes if n.name in consumers for i in n.inputs}
 

@@ -3,13 +3,13 @@
 from cvae_mnist.datasets.atomic_dataset import AtomicDataset
 from cvae_mnist.datasets.generator_dataset import GeneratorModelDataset
 from cvae_mnist.datasets.mnist_raw_dataset import MNISTRawDataset
-from cvae_mnist.datasets.torch_dataset import CheckpointDataset, CheckpointStore, CVAEDataset, TorchDataset
+from cvae_mnist.datasets.torch_dataset import CheckpointDataset, CheckpointFile, CVAEDataset, TorchDataset
 
 __all__ = [
     "AtomicDataset",
     "CVAEDataset",
     "CheckpointDataset",
-    "CheckpointStore",
+    "CheckpointFile",
     "GeneratorModelDataset",
     "MNISTRawDataset",
     "TorchDataset",

@@ -78,8 +78,9 @@ class CVAEDataset(TorchDataset):
         super().save(to_checkpoint(data))
 
 
-class CheckpointStore:
-    """A handle on a checkpoint file that a node reads and rewrites while it runs."""
+class CheckpointFile:
+    """A checkpoint file that a node reads and rewrites while it runs: a
+    :class:`cvae_mnist.checkpoints.CheckpointStore`."""
 
     def __init__(self, dataset: TorchDataset) -> None:
         self._dataset = dataset
@@ -99,7 +100,7 @@ class CheckpointStore:
 
 
 class CheckpointDataset(TorchDataset):
-    """A training checkpoint, handed to the node as a :class:`CheckpointStore`.
+    """A training checkpoint, handed to the node as a :class:`CheckpointFile`.
 
     A node cannot save a dataset before it returns, but training saves a checkpoint
     after every epoch: ``load()`` therefore returns a store through which the node
@@ -113,11 +114,11 @@ class CheckpointDataset(TorchDataset):
           filepath: data/06_models/checkpoint.pt
     """
 
-    def load(self) -> CheckpointStore:  # type: ignore[override]
-        return CheckpointStore(TorchDataset(filepath=str(self._filepath), missing_hint=self._missing_hint))
+    def load(self) -> CheckpointFile:  # type: ignore[override]
+        return CheckpointFile(TorchDataset(filepath=str(self._filepath), missing_hint=self._missing_hint))
 
     def save(self, data: Any) -> None:
-        raise DatasetError("CheckpointDataset is written by the training node through its CheckpointStore.")
+        raise DatasetError("CheckpointDataset is written by the training node through its CheckpointFile.")
 
     def _exists(self) -> bool:
         return True  # the store is always available; the file itself may not exist yet

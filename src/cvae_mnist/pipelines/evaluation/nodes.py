@@ -1,25 +1,23 @@
-"""Nodes of the evaluation pipeline: the report's metrics, ours, and the figures."""
+"""Nodes of the evaluation pipeline: the report's metrics and ours (the figures are the
+reporting pipeline's)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
 
+from cvae_mnist.checkpoints import CheckpointStore
 from cvae_mnist.classifier import DigitClassifier, frechet_distance, predict, train_classifier
-from cvae_mnist.datasets import CheckpointStore
 from cvae_mnist.inference import decode, encode, generate, likelihood_terms, reconstruct
 from cvae_mnist.losses import reconstruction_loss
 from cvae_mnist.metrics import mse_per_image, nearest_distances, psnr_per_image, ssim_per_image
 from cvae_mnist.model import CVAE
 from cvae_mnist.params import DIGITS, ClassifierParams, EvaluationParams, IngestionParams
-from cvae_mnist.plotting import digit_grid_figure, figure_with_axes, show_grid
 from cvae_mnist.runtime import select_device
-from cvae_mnist.training import History, Split
+from cvae_mnist.schema import Split
 
 logger = logging.getLogger(__name__)
 
@@ -274,183 +272,3 @@ def metrics_to_mlflow(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
     """
     (row,) = metrics.to_dict(orient="records")
     return {key: {"step": 0, "value": float(value)} for key, value in row.items()}
-
-
-def _first_of_each_class(labels: torch.Tensor, num_classes: int, count: int) -> torch.Tensor:
-    """``[count, num_classes]`` indices: row r holds the r-th image of each class, -1 where
-    a class has fewer."""
-    index = torch.full((count, num_classes), -1, dtype=torch.long)
-    for c in range(num_classes):
-        found = torch.nonzero(labels == c).flatten()[:count]
-        index[: len(found), c] = found
-    return index
-
-
-def plot_reconstructions(
-    test_reconstructions: Split, mnist_test: Split, evaluation: EvaluationParams
-) -> Figure:
-    """The report's Figure 1: test digits of every class, each above its reconstruction.
-
-    Args:
-        test_reconstructions: The output of :func:`reconstruct_test_set`.
-        mnist_test: Test set, ``{"images", "labels"}``.
-        evaluation: The ``evaluation`` parameters (``images_per_class`` pairs per class).
-
-    Returns:
-        A figure with one column per class and alternating rows: real, reconstructed.
-    """
-    index = _first_of_each_class(mnist_test["labels"], DIGITS, evaluation.images_per_class)
-    present = index >= 0
-    real = torch.zeros(*index.shape, *mnist_test["images"].shape[1:])
-    recon = torch.zeros_like(real)
-    real[present] = mnist_test["images"][index[present]]
-    recon[present] = test_reconstructions["images"][index[present]]
-    pairs = torch.stack([real, recon], dim=1).flatten(0, 2)  # rows: real, recon, real, recon, ...
-    figure, axis = figure_with_axes(figsize=(DIGITS * 0.7, len(index) * 1.4 + 0.6))
-    show_grid(axis, pairs, DIGITS, "test digits (odd rows) above their reconstructions (even rows)")
-    return figure
-
-
-def plot_generated_digits(cvae_model: CVAE, evaluation: EvaluationParams, seed: int) -> Figure:
-    """A grid of digits generated from the prior: one row per class.
-
-    Args:
-        cvae_model: The trained model.
-        evaluation: The ``evaluation`` parameters (``generated_per_class`` digits per row).
-        seed: Seed of the latent samples.
-
-    Returns:
-        The figure.
-    """
-    columns = evaluation.generated_per_class
-    labels = torch.arange(cvae_model.config.num_classes).repeat_interleave(columns)
-    images = generate(cvae_model, labels, seed, select_device(evaluation.device))
-    return digit_grid_figure(
-        images, columns, f"generated from the prior ({cvae_model.prior_config.kind}); row = requested digit"
-    )
-
-
-def plot_latent_interpolation(cvae_model: CVAE, mnist_test: Split, evaluation: EvaluationParams) -> Figure:
-    """Walk in latent space between two test digits of the same class, one row per class.
-
-    Each row: the first test digit, the decoded points of the straight line between the
-    two digits' posterior means (``interpolation_steps`` of them, ends included), the
-    second test digit.
-
-    Args:
-        cvae_model: The trained model.
-        mnist_test: Test set, ``{"images", "labels"}``.
-        evaluation: The ``evaluation`` parameters.
-
-    Returns:
-        The figure.
-    """
-    device, steps, batch = (
-        select_device(evaluation.device),
-        evaluation.interpolation_steps,
-        evaluation.batch_size,
-    )
-    images, labels = mnist_test["images"], mnist_test["labels"]
-    pairs = _first_of_each_class(labels, cvae_model.config.num_classes, 2)
-    first, second = pairs[:, (pairs >= 0).all(0)]  # the classes with two test images
-    mu_a, _ = encode(cvae_model, images[first], labels[first], batch, device)
-    mu_b, _ = encode(cvae_model, images[second], labels[first], batch, device)
-    weights = torch.linspace(0, 1, steps)[None, :, None]
-    path = (1 - weights) * mu_a[:, None] + weights * mu_b[:, None]  # [rows, steps, latent]
-    decoded = decode(cvae_model, path.flatten(0, 1), labels[first].repeat_interleave(steps), batch, device)
-    decoded = torch.sigmoid(decoded).view(len(first), steps, *images.shape[1:])
-    grid = torch.cat([images[first][:, None], decoded, images[second][:, None]], dim=1).flatten(0, 1)
-    return digit_grid_figure(grid, steps + 2, "latent interpolation: test digit, decoded path, test digit")
-
-
-def plot_label_swap(
-    cvae_model: CVAE, mnist_test: Split, evaluation: EvaluationParams, label_swap_metrics: pd.DataFrame
-) -> Figure:
-    """One latent vector decoded under each of the labels: the style stays, the class changes.
-
-    Each row: a test digit, then its posterior mean decoded under label 0, 1, ..., 9. The
-    title gives ``label_swap_accuracy``: a decoder that ignores the label repeats the test
-    digit along its row.
-
-    Args:
-        cvae_model: The trained model.
-        mnist_test: Test set, ``{"images", "labels"}``.
-        evaluation: The ``evaluation`` parameters.
-        label_swap_metrics: The output of :func:`evaluate_label_swap`.
-
-    Returns:
-        The figure, its columns labelled with the label each decodes under.
-    """
-    device, k = select_device(evaluation.device), cvae_model.config.num_classes
-    index = _first_of_each_class(mnist_test["labels"], k, 1)[0]
-    index = index[index >= 0]
-    images, labels = mnist_test["images"][index], mnist_test["labels"][index]
-    mu, _ = encode(cvae_model, images, labels, evaluation.batch_size, device)
-    swapped = torch.arange(k).repeat(len(index))
-    decoded = decode(cvae_model, mu.repeat_interleave(k, 0), swapped, evaluation.batch_size, device)
-    decoded = torch.sigmoid(decoded).view(len(index), k, *images.shape[1:])
-    grid = torch.cat([images[:, None], decoded], dim=1).flatten(0, 1)
-    accuracy = float(label_swap_metrics["label_swap_accuracy"].iloc[0])
-    figure = digit_grid_figure(
-        grid,
-        k + 1,
-        "a test digit, then its code decoded under each label\n"
-        f"(over the test set, {accuracy:.1%} of swapped decodes are read as the new label)",
-    )
-    (axis,) = figure.axes
-    size = images.shape[-1]
-    axis.axis("on")
-    # make_grid puts 2 pixels of padding before each image
-    axis.set_xticks([2 + (size + 2) * c + size / 2 for c in range(k + 1)], ["test", *map(str, range(k))])
-    axis.set_yticks([])
-    axis.tick_params(length=0)
-    for spine in axis.spines.values():
-        spine.set_visible(False)
-    return figure
-
-
-def plot_worst_reconstructions(
-    test_reconstructions: Split, mnist_test: Split, evaluation: EvaluationParams
-) -> Figure:
-    """The test digits the model reconstructs worst (highest BCE), each above its reconstruction.
-
-    Args:
-        test_reconstructions: The output of :func:`reconstruct_test_set`.
-        mnist_test: Test set, ``{"images", "labels"}``.
-        evaluation: The ``evaluation`` parameters (``worst_examples`` digits).
-
-    Returns:
-        The figure; each digit's title is its label and BCE in nats.
-    """
-    bce = test_reconstructions["bce"]
-    worst = bce.argsort(descending=True)[: evaluation.worst_examples].tolist()
-    figure, axes = figure_with_axes(2, len(worst), figsize=(len(worst) * 0.9 + 0.4, 2.6), squeeze=False)
-    for column, i in enumerate(worst):
-        for row, image in enumerate((mnist_test["images"][i, 0], test_reconstructions["images"][i, 0])):
-            axes[row, column].imshow(image.numpy(), cmap="gray", vmin=0, vmax=1)
-            axes[row, column].axis("off")
-        axes[0, column].set_title(f"{mnist_test['labels'][i].item()}: {bce[i].item():.0f}", fontsize=8)
-    figure.suptitle("worst-reconstructed test digits (label: BCE in nats); top real, bottom reconstruction")
-    return figure
-
-
-def plot_training_curves(training_history: History) -> Figure:
-    """The training objective and its two terms per epoch, on the training and test sets.
-
-    Args:
-        training_history: The training pipeline's per-epoch history.
-
-    Returns:
-        The figure, one panel per term.
-    """
-    epochs = np.asarray(training_history["epoch"])
-    figure, axes = figure_with_axes(1, 3, figsize=(12, 3.5))
-    titles = ("objective: reconstruction + beta x KL", "reconstruction (BCE or MSE)", "KL to N(0, I)")
-    for axis, term, title in zip(axes, ("loss", "reconstruction", "kl"), titles):
-        for split in ("train", "test"):
-            axis.plot(epochs, training_history[f"{split}_{term}"], marker="o", label=split)
-        axis.set_title(f"{title}, nats per image")
-        axis.set_xlabel("epoch")
-        axis.grid(alpha=0.3)
-        axis.legend()
-    return figure

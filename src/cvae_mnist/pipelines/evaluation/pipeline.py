@@ -1,4 +1,5 @@
-"""The evaluation pipeline: ``cvae_model``, ``mnist_test`` -> metrics and figures."""
+"""The evaluation pipeline: ``cvae_model``, ``mnist_test`` -> metrics, then the figures
+(the reporting pipeline, run with it)."""
 
 from kedro.pipeline import Pipeline, node
 
@@ -10,107 +11,85 @@ from cvae_mnist.pipelines.evaluation.nodes import (
     evaluate_reconstructions,
     get_digit_classifier,
     metrics_to_mlflow,
-    plot_generated_digits,
-    plot_label_swap,
-    plot_latent_interpolation,
-    plot_reconstructions,
-    plot_training_curves,
-    plot_worst_reconstructions,
     reconstruct_test_set,
 )
-
-# figure name -> the node that draws it and its inputs; each lands in "{name}_figure"
-FIGURES = {
-    "reconstructions": (plot_reconstructions, ["test_reconstructions", "mnist_test", "params:evaluation"]),
-    "worst_reconstructions": (
-        plot_worst_reconstructions,
-        ["test_reconstructions", "mnist_test", "params:evaluation"],
-    ),
-    "generated_digits": (plot_generated_digits, ["cvae_model", "params:evaluation", "params:seed"]),
-    "latent_interpolation": (plot_latent_interpolation, ["cvae_model", "mnist_test", "params:evaluation"]),
-    "label_swap": (
-        plot_label_swap,
-        ["cvae_model", "mnist_test", "params:evaluation", "label_swap_metrics"],
-    ),
-    "training_curves": (plot_training_curves, ["training_history"]),
-}
+from cvae_mnist.pipelines.reporting import create_pipeline as reporting
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline(
-        [
-            node(
-                func=reconstruct_test_set,
-                inputs=["cvae_model", "mnist_test", "params:evaluation"],
-                outputs="test_reconstructions",
-                name="reconstruct_test_set_node",
-            ),
-            node(
-                func=evaluate_reconstructions,
-                inputs=["test_reconstructions", "mnist_test"],
-                outputs="reconstruction_metrics",
-                name="evaluate_reconstructions_node",
-            ),
-            node(
-                func=evaluate_likelihood,
-                inputs=["cvae_model", "mnist_test", "params:evaluation", "params:seed"],
-                outputs="likelihood_metrics",
-                name="evaluate_likelihood_node",
-            ),
-            node(
-                func=get_digit_classifier,
-                inputs=[
-                    "digit_classifier",
-                    "mnist_train",
-                    "mnist_test",
-                    "params:classifier",
-                    "params:data_ingestion",
-                    "params:evaluation",
-                ],
-                outputs="trained_digit_classifier",
-                name="get_digit_classifier_node",
-            ),
-            node(
-                func=evaluate_generation,
-                inputs=[
-                    "cvae_model",
-                    "trained_digit_classifier",
-                    "mnist_train",
-                    "mnist_test",
-                    "params:evaluation",
-                    "params:seed",
-                ],
-                outputs="generation_metrics",
-                name="evaluate_generation_node",
-            ),
-            node(
-                func=evaluate_label_swap,
-                inputs=["cvae_model", "trained_digit_classifier", "mnist_test", "params:evaluation"],
-                outputs="label_swap_metrics",
-                name="evaluate_label_swap_node",
-            ),
-            node(
-                func=assemble_metrics,
-                inputs=[
-                    "reconstruction_metrics",
-                    "likelihood_metrics",
-                    "generation_metrics",
-                    "label_swap_metrics",
-                ],
-                outputs="metrics",
-                name="assemble_metrics_node",
-            ),
-            node(
-                func=metrics_to_mlflow,
-                inputs="metrics",
-                outputs="test_metrics",
-                name="log_metrics_node",
-            ),
-            *[
-                node(func=plot, inputs=inputs, outputs=f"{name}_figure", name=f"plot_{name}_node")
-                for name, (plot, inputs) in FIGURES.items()
+    return (
+        Pipeline(
+            [
+                node(
+                    func=reconstruct_test_set,
+                    inputs=["cvae_model", "mnist_test", "params:evaluation"],
+                    outputs="test_reconstructions",
+                    name="reconstruct_test_set_node",
+                ),
+                node(
+                    func=evaluate_reconstructions,
+                    inputs=["test_reconstructions", "mnist_test"],
+                    outputs="reconstruction_metrics",
+                    name="evaluate_reconstructions_node",
+                ),
+                node(
+                    func=evaluate_likelihood,
+                    inputs=["cvae_model", "mnist_test", "params:evaluation", "params:seed"],
+                    outputs="likelihood_metrics",
+                    name="evaluate_likelihood_node",
+                ),
+                node(
+                    func=get_digit_classifier,
+                    inputs=[
+                        "digit_classifier",
+                        "mnist_train",
+                        "mnist_test",
+                        "params:classifier",
+                        "params:data_ingestion",
+                        "params:evaluation",
+                    ],
+                    outputs="trained_digit_classifier",
+                    name="get_digit_classifier_node",
+                ),
+                node(
+                    func=evaluate_generation,
+                    inputs=[
+                        "cvae_model",
+                        "trained_digit_classifier",
+                        "mnist_train",
+                        "mnist_test",
+                        "params:evaluation",
+                        "params:seed",
+                    ],
+                    outputs="generation_metrics",
+                    name="evaluate_generation_node",
+                ),
+                node(
+                    func=evaluate_label_swap,
+                    inputs=["cvae_model", "trained_digit_classifier", "mnist_test", "params:evaluation"],
+                    outputs="label_swap_metrics",
+                    name="evaluate_label_swap_node",
+                ),
+                node(
+                    func=assemble_metrics,
+                    inputs=[
+                        "reconstruction_metrics",
+                        "likelihood_metrics",
+                        "generation_metrics",
+                        "label_swap_metrics",
+                    ],
+                    outputs="metrics",
+                    name="assemble_metrics_node",
+                ),
+                node(
+                    func=metrics_to_mlflow,
+                    inputs="metrics",
+                    outputs="test_metrics",
+                    name="log_metrics_node",
+                ),
             ],
-        ],
-        namespace="evaluation",  # one box per pipeline in Kedro-Viz; dataset names stay
-        prefix_datasets_with_namespace=False,
-    )
+            namespace="evaluation",  # one box per pipeline in Kedro-Viz; dataset names stay
+            prefix_datasets_with_namespace=False,
+        )
+        + reporting()
+    )  # `kedro run --pipeline evaluation` also draws the figures

@@ -5,15 +5,15 @@ from __future__ import annotations
 import copy
 import logging
 
-from cvae_mnist.datasets import CheckpointStore
+from cvae_mnist.checkpoints import CheckpointStore
 from cvae_mnist.errors import DataError
 from cvae_mnist.inference import encode
 from cvae_mnist.model import CVAE
 from cvae_mnist.params import ModelParams, PriorParams, TrainingParams
 from cvae_mnist.prior import fit_prior as fit_density
+from cvae_mnist.recipe import fit_cvae
 from cvae_mnist.runtime import select_device
-from cvae_mnist.training import History, Split
-from cvae_mnist.training import train_cvae as train
+from cvae_mnist.schema import History, Split
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def train_cvae(
         The trained model (on the CPU, prior N(0, I) until :func:`fit_prior`) and its per-epoch history
         (``epoch``, ``seconds``, ``train_*`` and ``test_*`` of loss, reconstruction and kl).
     """
-    return train(model, mnist_train, mnist_test, training, seed, training_checkpoint)
+    return fit_cvae(model, mnist_train, mnist_test, training, seed, training_checkpoint)
 
 
 def fit_prior(

@@ -11,7 +11,7 @@ from kedro.validation import ParameterValidationError
 from kedro.validation.parameter_validator import ParameterValidator
 from pydantic import ValidationError
 
-from cvae_mnist.cli import describe_kedro_validation
+from cvae_mnist.cli import user_error
 from cvae_mnist.errors import describe_validation_error
 from cvae_mnist.params import ModelParams, ProjectParameters, TrainingParams
 from cvae_mnist.settings import CONFIG_LOADER_ARGS
@@ -120,12 +120,19 @@ def validator():
         ({"training": 5}, "Parameter training = 5 is invalid: input should be a valid dictionary or instance of TrainingParams."),
     ],
 )  # fmt: skip
-def test_kedros_own_validation_error_becomes_one_line(validator, changes, message):
-    raw = {**_parameters("base"), **changes}
-    with pytest.raises(ParameterValidationError) as error:
-        validator.validate_raw_params(raw)
-    line = describe_kedro_validation(error.value)
+def test_every_bad_value_of_the_merged_parameters_is_named_in_one_line(changes, message):
+    # what ParametersHook does with the merged files and --params, before Kedro validates them
+    with pytest.raises(ValidationError) as error:
+        ProjectParameters.model_validate({**_parameters("base"), **changes})
+    line = describe_validation_error(error.value)
     assert message in line and "\n" not in line
+
+
+def test_kedros_own_validation_error_is_one_line_if_it_ever_comes_first(validator):
+    with pytest.raises(ParameterValidationError) as error:
+        validator.validate_raw_params({**_parameters("base"), "training": {"epochs": 0}})
+    line = str(user_error(error.value))
+    assert line.startswith("Parameter validation failed: - Parameter 'training':") and "\n" not in line
 
 
 def test_kedro_hands_the_nodes_typed_sections(validator):

@@ -93,6 +93,9 @@ def describe_validation_error(error: ValidationError, section: str = "") -> str:
     for item in error.errors():
         key = ".".join(str(part) for part in (section, *item["loc"]) if part != "")
         owner = section_model(key.split(".")[0]) if "." in key else params.ProjectParameters
+        if item["input"] is None and section_model(key) is not None:  # a section with nothing in it
+            problems.append(f"Parameter {key} is empty: it must be a mapping of keys to values")
+            continue
         problems.append(describe_problem(key, item["type"], item["msg"], repr(item["input"]), owner))
     return join_problems(problems)
 

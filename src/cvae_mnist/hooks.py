@@ -67,17 +67,18 @@ def _check_sections_are_mappings(context: Any) -> None:
 
 
 class ParametersHook:
-    """Refuse unknown top-level keys, a bad seed and an unavailable device before anything runs.
+    """Refuse a bad parameter, an unknown key and an unavailable device before anything runs.
 
-    Reading ``context.params`` makes Kedro validate every section against the type hints
-    of the nodes that read it; what is left to check is what no node's hint covers.
+    The merged parameters (files and ``--params``) are validated here with the same models
+    Kedro validates each section with where a node reads it, before Kedro does: Pydantic's
+    structured errors name each key, its value and the rule in one line.
     """
 
     @hook_impl(tryfirst=True)
     def after_context_created(self, context: Any) -> None:
         _check_sections_are_mappings(context)
         try:
-            parameters = ProjectParameters.model_validate(context.params)
+            parameters = ProjectParameters.model_validate(context.config_loader["parameters"])
         except ValidationError as error:
             raise ParameterError(describe_validation_error(error)) from None
         available = {
@@ -217,7 +218,9 @@ class LineageHook:
 
 
 def _pipeline_writing(dataset: str) -> str:
-    """The name of the project's pipeline that writes ``dataset``."""
+    """The name of the project's pipeline that writes ``dataset``. Each pipeline's own
+    ``create_pipeline``: under ``--pipeline X``, Kedro's ``pipelines`` and ``find_pipelines``
+    hold X alone."""
     folder = Path(cvae_mnist.pipelines.__file__).parent
     for name in sorted(p.name for p in folder.iterdir() if (p / "pipeline.py").exists()):
         module = importlib.import_module(f"cvae_mnist.pipelines.{name}")

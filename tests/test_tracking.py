@@ -10,14 +10,15 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 from cvae_mnist.serving import MODEL_NAME
 from mnist_fixtures import make_test_project, run_program, run_session, tracking_uri
 
 
-def _run(project: Path, *args: str) -> subprocess.CompletedProcess:
+def _run(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = run_program(project, "kedro", "run", *args, timeout=300)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert result.returncode == 0 or not check, (result.stdout + result.stderr)[-3000:]
     return result
 
 
@@ -114,20 +115,30 @@ def test_the_start_is_quiet_until_the_first_node(project):
     ]
 
 
-def test_a_copied_project_writes_only_into_its_own_store(tmp_path):
+def test_a_copied_project_is_stopped_before_it_writes_into_the_originals_store(tmp_path):
     original = make_test_project(tmp_path / "original", env="local", own_store=False)
     _run(original, "--pipeline", "data_ingestion")
     copy = tmp_path / "copy"
     shutil.copytree(original, copy, symlinks=True)
     before = sorted(p.relative_to(original) for p in (original / "mlruns").rglob("*"))
-    _run(copy, "--pipeline", "data_ingestion")
+    database = (copy / "mlflow.db").read_bytes()
+    refused = _run(copy, "--pipeline", "data_ingestion", check=False)
+    assert refused.returncode == 1
+    assert f"keeps its artifacts in {original / 'mlruns'}, not in this project's mlruns/" in refused.stderr
+    assert "Name a new experiment under tracking.experiment.name" in refused.stderr
+    assert "Traceback" not in refused.stderr
     assert sorted(p.relative_to(original) for p in (original / "mlruns").rglob("*")) == before
-    client = _client(copy, f"sqlite:///{copy / 'mlflow.db'}")
-    runs = _runs(client)
-    assert len(runs) == 2 and all(
-        run.info.artifact_uri.startswith((copy / "mlruns").as_uri()) for run in runs
+    assert (copy / "mlflow.db").read_bytes() == database  # the user's store is not rewritten
+    # the fix the message gives: a new experiment, whose artifacts go to the copy's mlruns/
+    (copy / "conf" / "local" / "mlflow.yml").write_text(
+        yaml.safe_dump({"tracking": {"experiment": {"name": "cvae_mnist_copy"}}})
     )
-    assert all(str(copy / "mlruns") in e.artifact_location for e in client.search_experiments())
+    _run(copy, "--pipeline", "data_ingestion")
+    client = _client(copy, f"sqlite:///{copy / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "cvae_mnist_copy"]
+    assert str(copy / "mlruns") in experiment.artifact_location
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.artifact_uri.startswith((copy / "mlruns").as_uri())
 
 
 def test_two_runs_in_one_python_process_each_log_into_their_own_store(tmp_path):

@@ -5,6 +5,7 @@ reached and one that refuses the credentials."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -145,7 +146,10 @@ def test_a_server_that_cannot_be_reached_stops_the_run_at_once(tmp_path):
 
 
 class _Refusing(BaseHTTPRequestHandler):
+    sent: list[str | None] = []  # the Authorization header of each request
+
     def do_GET(self):  # noqa: N802 - http.server's name
+        self.sent.append(self.headers.get("Authorization"))
         self.send_response(401)
         self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
         self.end_headers()
@@ -170,4 +174,6 @@ def test_a_server_that_refuses_the_credentials_stops_the_run_without_showing_the
     (error,) = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert "refused the credentials (HTTP 401)" in error
     assert "s3cret-pw" not in done.stdout + done.stderr
+    # MLflow's client sent them, once: no retries
+    assert _Refusing.sent == ["Basic " + base64.b64encode(b"alice:s3cret-pw").decode()]
     assert not list((project / "data").rglob("*.pt"))

@@ -12,17 +12,13 @@ run, the model registered as ``cvae_generator`` with the alias ``champion`` that
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
@@ -30,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import requests
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Pipeline
@@ -37,6 +34,7 @@ from kedro.pipeline.node import Node
 from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
 from kedro_mlflow.framework.hooks import MlflowHook
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
 from cvae_mnist import distributed, lineage
@@ -78,7 +76,11 @@ class MlflowTrackingHook(MlflowHook):
             )
         super().after_context_created(context=context)
         if self._is_mlflow_enabled and not self._already_active_mlflow:
-            relocate_store(self.mlflow_config.server.mlflow_tracking_uri, Path(context.project_path))
+            check_store_location(
+                self.mlflow_config.server.mlflow_tracking_uri,
+                self.mlflow_config.tracking.experiment.name,
+                Path(context.project_path),
+            )
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
@@ -202,38 +204,29 @@ def _git_commit(project: Path) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def relocate_store(tracking_uri: str, project: Path) -> None:
-    """Point a project's own SQLite store at the project's ``mlruns/`` after the project moved.
-
-    MLflow keeps artifact locations as absolute paths, so a copied project would write its
-    artifacts into the original's ``mlruns/``: the paths under another project's ``mlruns/``
-    are rewritten to this one's (only for a store inside the project)."""
-    match = re.fullmatch(r"sqlite:///(.+)", tracking_uri or "")
-    database = Path(match[1]) if match else None
-    if database is None or not database.is_absolute():
-        database = project / database if database else None
-    if database is None or not database.exists() or project.resolve() not in database.resolve().parents:
+def check_store_location(tracking_uri: str, experiment: str, project: Path) -> None:
+    """Refuse to run where the project's own SQLite store keeps the experiment's artifacts in
+    another folder's ``mlruns/``: a copied or moved project, whose runs MLflow would write
+    into the original's folder (it records artifact locations as absolute paths). Read-only,
+    through MLflow's client: the user's store is never rewritten."""
+    if not (tracking_uri or "").startswith("sqlite:///"):
+        return  # a server, or a store the user placed elsewhere on purpose
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database = database if database.is_absolute() else project / database
+    if not database.exists() or project.resolve() not in database.resolve().parents:
         return
-    here = str(project.resolve() / "mlruns")
-    columns = {
-        "experiments": "artifact_location",
-        "runs": "artifact_uri",
-        "logged_models": "artifact_location",
-    }
-    with sqlite3.connect(database) as connection:
-        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        locations = [row[0] for row in connection.execute("SELECT artifact_location FROM experiments")]
-        old_roots = {
-            m[1] for loc in locations if (m := re.match(r"^(?:file://)?(/.*?/mlruns)(?:/|$)", loc or ""))
-        }
-        for old in old_roots - {here}:
-            for table, column in columns.items():
-                if table in tables:
-                    connection.execute(
-                        f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE {column} LIKE ?",  # noqa: S608
-                        (old, here, f"%{old}%"),
-                    )
-            logger.info("The MLflow store's artifact locations moved from %s to %s", old, here)
+    found = mlflow.MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    location = urllib.parse.urlparse(found.artifact_location).path if found else ""
+    ours = (project / "mlruns").resolve()
+    if not location or Path(location).resolve() == ours or ours in Path(location).resolve().parents:
+        return
+    raise ConfigurationError(
+        f"The MLflow experiment {experiment!r} in {database.name} keeps its artifacts in "
+        f"{Path(location).parent}, not in this project's mlruns/ (the project was copied or moved): "
+        "its runs would write there. Name a new experiment under tracking.experiment.name in "
+        "conf/local/mlflow.yml (the old runs stay), or move mlflow.db and mlruns/ aside to start a "
+        "new store. Nothing was run."
+    )
 
 
 def check_server(
@@ -241,6 +234,8 @@ def check_server(
 ) -> None:
     """Stop the run before any work if a tracking server cannot be reached or refuses the
     credentials (MLflow itself would retry for minutes, then fail in the middle of the run).
+    The question is MLflow's client's own, with the credentials kedro-mlflow will export
+    (``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or ``TOKEN``), one try and ``timeout``.
 
     Args:
         uri: ``server.mlflow_tracking_uri``; anything but http(s) is left alone.
@@ -253,36 +248,44 @@ def check_server(
     if not uri.startswith(("http://", "https://")):
         return
     shown = redacted(uri)
-    query = urllib.parse.urlencode({"experiment_name": experiment})
-    request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}")
-    secrets = {**os.environ, **(credentials or {})}  # what kedro-mlflow will export
-    user, password = secrets.get("MLFLOW_TRACKING_USERNAME"), secrets.get("MLFLOW_TRACKING_PASSWORD")
-    if secrets.get("MLFLOW_TRACKING_TOKEN"):
-        request.add_header("Authorization", f"Bearer {secrets['MLFLOW_TRACKING_TOKEN']}")
-    elif user and password:
-        request.add_header(
-            "Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        )
+    asked = {
+        **(credentials or {}),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(round(timeout)),
+    }
     try:
-        with urllib.request.urlopen(request, timeout=timeout):
-            return
-    except urllib.error.HTTPError as error:
-        if error.code == HTTPStatus.NOT_FOUND:  # the experiment does not exist yet: the run creates it
-            return
-        if error.code in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
+        with _environment(asked):
+            mlflow.MlflowClient(uri).get_experiment_by_name(experiment)  # None: the run creates it
+    except MlflowException as error:
+        if isinstance(error.__context__, requests.RequestException):  # no answer at all
             raise ConfigurationError(
-                f"The MLflow tracking server {shown} refused the credentials (HTTP {error.code}): set "
+                f"The MLflow tracking server {shown} cannot be reached ({type(error.__context__).__name__}). "
+                "Start it (`make tracking-server` starts one on this machine), or point "
+                "server.mlflow_tracking_uri in conf/<env>/mlflow.yml at one that runs. Nothing was run."
+            ) from None
+        status = error.get_http_status_code()
+        if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
+            raise ConfigurationError(
+                f"The MLflow tracking server {shown} refused the credentials (HTTP {status}): set "
                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
                 "credentials.yml entry that conf/<env>/mlflow.yml names under server.credentials."
             ) from None
         raise ConfigurationError(
-            f"The MLflow tracking server {shown} answered HTTP {error.code} ({error.reason}): is it an "
+            f"The MLflow tracking server {shown} answered HTTP {status} ({error.error_code}): is it an "
             "MLflow tracking server?"
         ) from None
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise ConfigurationError(
-            f"The MLflow tracking server {shown} cannot be reached ({reason}). Start it (`make "
-            "tracking-server` starts one on this machine), or point server.mlflow_tracking_uri in "
-            "conf/<env>/mlflow.yml at one that runs. Nothing was run."
-        ) from None
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set, restored after."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

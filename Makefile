@@ -37,7 +37,7 @@ viz: install  ## Kedro-Viz on http://127.0.0.1:4141/?types=nodes,datasets,parame
 
 viz-build: install  ## static Kedro-Viz site in ./build, served on http://127.0.0.1:4142
 	$(BIN)/kedro viz build
-	$(BIN)/python -m cvae_mnist.static_site build --port 4142
+	$(BIN)/python -m cvae_mnist.glue.static_site build --port 4142
 
 mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
@@ -50,7 +50,7 @@ tracking-server: install  ## an MLflow tracking server on http://127.0.0.1:5002 
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 serve: install  ## serve the registered champion on http://127.0.0.1:5001 (or MODEL=models:/<id>)
 	export PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI="$(MLFLOW_TRACKING_URI)"; \
-	model="$${MODEL:-$$(python -m cvae_mnist.serving)}" && \
+	model="$${MODEL:-$$(python -m cvae_mnist.glue.serving)}" && \
 	mlflow models serve -m "$$model" --env-manager local --host 127.0.0.1 --port 5001
 
 benchmark: install  ## time to quality and training speed: the report's loop against ours, side by side

@@ -34,13 +34,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # run from the source tree
 
-from cvae_mnist.classifier import predict, train_classifier  # noqa: E402
-from cvae_mnist.idx import parse_idx  # noqa: E402
-from cvae_mnist.inference import decode, encode, generate, likelihood_terms, reconstruct  # noqa: E402
+from cvae_mnist.core.classifier import predict  # noqa: E402
+from cvae_mnist.core.idx import parse_idx  # noqa: E402
+from cvae_mnist.core.inference import decode, encode, generate, likelihood_terms, reconstruct  # noqa: E402
+from cvae_mnist.core.prior_fitting import fit_prior  # noqa: E402
+from cvae_mnist.core.runtime import mixed_precision_dtype, select_device  # noqa: E402
+from cvae_mnist.engine.recipe import fit_cvae, train_classifier  # noqa: E402
 from cvae_mnist.params import ClassifierParams, ModelParams, PriorParams, TrainingParams  # noqa: E402
-from cvae_mnist.prior import fit_prior  # noqa: E402
-from cvae_mnist.recipe import fit_cvae  # noqa: E402
-from cvae_mnist.runtime import mixed_precision_dtype, select_device  # noqa: E402
 
 FOLDERS = ("data/01_raw/mnist", "../shared/mnist")
 TOLERANCE = 5e-3  # largest pixel difference allowed between the device's and the CPU's images

@@ -123,7 +123,7 @@ def main() -> None:
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
     }
     uri = subprocess.run(
-        [BIN / "python", "-m", "cvae_mnist.serving"],
+        [BIN / "python", "-m", "cvae_mnist.glue.serving"],
         env=environment,
         capture_output=True,
         text=True,

@@ -34,14 +34,14 @@ from _project import non_negative_int, project_catalog, script_parser
 from _report import EPOCHS, REPORT_ROW, ReportCVAE, report_epoch, report_reconstructions, report_training
 from omegaconf import OmegaConf
 
-from cvae_mnist.fastpath import accelerated
-from cvae_mnist.inference import reconstruct
-from cvae_mnist.losses import reconstruction_loss
-from cvae_mnist.metrics import mse_per_image, psnr_per_image, ssim_per_image
-from cvae_mnist.model import CVAE
+from cvae_mnist.core.fastpath import accelerated
+from cvae_mnist.core.inference import reconstruct
+from cvae_mnist.core.losses import reconstruction_loss
+from cvae_mnist.core.metrics import mse_per_image, psnr_per_image, ssim_per_image
+from cvae_mnist.core.model import CVAE
+from cvae_mnist.core.runtime import seed_everything
+from cvae_mnist.engine.recipe import cvae_trainer, steps_per_epoch
 from cvae_mnist.params import ProjectParameters
-from cvae_mnist.recipe import cvae_trainer, steps_per_epoch
-from cvae_mnist.runtime import seed_everything
 
 
 def report_metrics(real: torch.Tensor, probabilities: torch.Tensor, bce: torch.Tensor) -> dict[str, float]:

@@ -33,12 +33,12 @@ from _report import BATCH_SIZE, ReportCVAE, report_epoch, report_training
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from cvae_mnist.engine import Trainer
-from cvae_mnist.fastpath import accelerated
-from cvae_mnist.model import CVAE
+from cvae_mnist.core.fastpath import accelerated
+from cvae_mnist.core.model import CVAE
+from cvae_mnist.core.runtime import seed_everything
+from cvae_mnist.engine.recipe import cvae_trainer, steps_per_epoch
+from cvae_mnist.engine.trainer import Trainer
 from cvae_mnist.params import ModelParams, TrainingParams
-from cvae_mnist.recipe import cvae_trainer, steps_per_epoch
-from cvae_mnist.runtime import seed_everything
 
 
 def our_trainer(model: CVAE, training: TrainingParams, steps: int, stack: ExitStack) -> Trainer:

@@ -16,9 +16,9 @@ import yaml
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from cvae_mnist.core.idx import encode_idx
 from cvae_mnist.datasets.mnist_raw_dataset import MNIST_FILES
 from cvae_mnist.errors import find_user_error
-from cvae_mnist.idx import encode_idx
 
 
 def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cvae_mnist.adversary import LabelAidedCVAE
-from cvae_mnist.distributed import World
-from cvae_mnist.model import CVAE
+from cvae_mnist.core.adversary import LabelAidedCVAE
+from cvae_mnist.core.model import CVAE
+from cvae_mnist.core.runtime import World
+from cvae_mnist.engine.recipe import CVAEObjective, fit_cvae, resume_settings
 from cvae_mnist.params import IngestionParams, ModelParams, TrainingParams
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
-from cvae_mnist.recipe import CVAEObjective, fit_cvae, resume_settings
 
 SMALL = ModelParams(latent_dim=6, base_channels=4)
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cvae_mnist.augmentation import random_affine
+from cvae_mnist.core.augmentation import random_affine
 
 
 def _dot(size: int = 28, row: int = 14, column: int = 14) -> torch.Tensor:

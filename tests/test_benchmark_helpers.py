@@ -44,7 +44,7 @@ def test_conf_report_trains_the_reports_published_architecture(monkeypatch):
     import torch  # noqa: PLC0415
     from _report import ReportCVAE  # noqa: PLC0415
 
-    from cvae_mnist.model import CVAE  # noqa: PLC0415
+    from cvae_mnist.core.model import CVAE  # noqa: PLC0415
 
     monkeypatch.chdir(REPO)
     ours, theirs = CVAE(environment_parameters("report").model), ReportCVAE()

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from cvae_mnist.classifier import DigitClassifier, frechet_distance, predict, train_classifier
+from cvae_mnist.core.classifier import DigitClassifier, frechet_distance, predict
+from cvae_mnist.engine.recipe import train_classifier
 from cvae_mnist.params import ClassifierParams
 from mnist_fixtures import synthetic_digits
 

@@ -36,9 +36,9 @@ def test_a_failed_check_is_a_row_and_exit_code_1(tmp_path):
         "import sys, runpy; sys.argv = ['device_check.py', '--device', 'cpu', '--quick', '--synthetic', "
         f"'--out', {str(tmp_path / 't.md')!r}]\n"
         f"sys.path.insert(0, {str(REPO / 'src')!r})\n"
-        "import cvae_mnist.recipe\n"
+        "import cvae_mnist.engine.recipe\n"
         "def broken(*a, **k): raise RuntimeError('no kernel for this device')\n"
-        "cvae_mnist.recipe.fit_cvae = broken\n"
+        "cvae_mnist.engine.recipe.fit_cvae = broken\n"
         f"runpy.run_path({str(CHECK)!r}, run_name='__main__')"
     )
     done = subprocess.run(

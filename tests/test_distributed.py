@@ -15,10 +15,10 @@ import mlflow
 import pytest
 import torch
 
-from cvae_mnist.distributed import World
-from cvae_mnist.engine import batches
+from cvae_mnist.core.runtime import World
+from cvae_mnist.engine.recipe import CVAEObjective, scaled_lr
+from cvae_mnist.engine.trainer import batches
 from cvae_mnist.params import TrainingParams
-from cvae_mnist.recipe import CVAEObjective, scaled_lr
 from mnist_fixtures import BIN, CHILD_ENV, make_test_project, run_program, run_session, tracking_uri
 
 # fp32 and no batch norm: then N processes compute exactly what one process computes with

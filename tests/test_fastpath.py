@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvae_mnist.fastpath import (
+from cvae_mnist.core.fastpath import (
     FlattenKeepLayout,
     GemmConv4x4,
     GemmConvTranspose4x4,
@@ -18,7 +18,7 @@ from cvae_mnist.fastpath import (
     strided_conv4x4,
     subpixel_conv_transpose2d,
 )
-from cvae_mnist.model import CVAE, ConditionedConv2d
+from cvae_mnist.core.model import CVAE, ConditionedConv2d
 from cvae_mnist.params import ModelParams, PriorParams
 
 SMALL = {"latent_dim": 6, "base_channels": 4}
@@ -171,7 +171,7 @@ def test_nothing_is_swapped_on_devices_where_it_was_not_measured(device):
 
 
 def test_inference_uses_the_fast_forms_and_leaves_a_model_that_can_still_be_trained():
-    from cvae_mnist.inference import reconstruct  # noqa: PLC0415
+    from cvae_mnist.core.inference import reconstruct  # noqa: PLC0415
 
     model = CVAE(ModelParams(latent_dim=4, base_channels=4), PriorParams(kind="mixture"))
     images, labels = torch.rand(6, 1, 28, 28), torch.arange(6)

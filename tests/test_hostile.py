@@ -20,7 +20,7 @@ from kedro.framework.startup import bootstrap_project
 
 from cvae_mnist.cli import cli
 from cvae_mnist.datasets import CVAEDataset
-from cvae_mnist.saving import write_tensors
+from cvae_mnist.glue.saving import write_tensors
 from mnist_fixtures import BIN, CHILD_ENV, make_test_project, run_program, run_session, tracking_uri
 
 KEDRO = str(BIN / "kedro")

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from cvae_mnist.core.idx import encode_idx, parse_idx
 from cvae_mnist.errors import DataError
-from cvae_mnist.idx import encode_idx, parse_idx
 
 
 def test_roundtrip_keeps_shape_and_values():

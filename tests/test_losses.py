@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cvae_mnist.losses import cvae_loss, kl_divergence, reconstruction_loss
+from cvae_mnist.core.losses import cvae_loss, kl_divergence, reconstruction_loss
 
 
 def test_bce_matches_the_formula_by_hand():

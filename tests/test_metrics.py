@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from cvae_mnist.metrics import PSNR_CAP_DB, mse_per_image, nearest_distances, psnr_per_image, ssim_per_image
+from cvae_mnist.core.metrics import (
+    PSNR_CAP_DB,
+    mse_per_image,
+    nearest_distances,
+    psnr_per_image,
+    ssim_per_image,
+)
 
 
 @pytest.fixture

@@ -2,13 +2,13 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal
 
+from cvae_mnist.core.inference import generate, likelihood_terms, reconstruct
+from cvae_mnist.core.losses import kl_divergence
+from cvae_mnist.core.model import CVAE
 from cvae_mnist.datasets import CVAEDataset
 from cvae_mnist.errors import ModelFileError
-from cvae_mnist.inference import generate, likelihood_terms, reconstruct
-from cvae_mnist.losses import kl_divergence
-from cvae_mnist.model import CVAE
+from cvae_mnist.glue.saving import from_checkpoint, to_checkpoint
 from cvae_mnist.params import ModelParams
-from cvae_mnist.saving import from_checkpoint, to_checkpoint
 from mnist_fixtures import raises_user_error
 
 PLAIN = {

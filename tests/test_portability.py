@@ -9,11 +9,10 @@ import sys
 import pytest
 import torch
 
-from cvae_mnist import distributed
-from cvae_mnist.distributed import World
+from cvae_mnist.core.runtime import World, deterministic_algorithms
+from cvae_mnist.engine import distributed
 from cvae_mnist.errors import DistributedError
-from cvae_mnist.runtime import deterministic_algorithms
-from cvae_mnist.saving import write_error
+from cvae_mnist.glue.saving import write_error
 from mnist_fixtures import CHILD_ENV, REPO, make_test_project
 
 POSIX_ONLY = ("fcntl", "termios", "pwd", "grp", "resource")

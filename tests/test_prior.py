@@ -5,11 +5,9 @@ import math
 import pytest
 import torch
 
-from cvae_mnist.datasets import CVAEDataset
-from cvae_mnist.inference import generate, likelihood_terms
-from cvae_mnist.model import CVAE
-from cvae_mnist.params import ModelParams, PriorParams
-from cvae_mnist.prior import (
+from cvae_mnist.core.inference import generate, likelihood_terms
+from cvae_mnist.core.model import CVAE
+from cvae_mnist.core.prior import (
     SAMPLE_CHUNK,
     BlendedPrior,
     FlowPrior,
@@ -17,8 +15,10 @@ from cvae_mnist.prior import (
     PseudoInputPrior,
     StandardNormalPrior,
     build_prior,
-    fit_prior,
 )
+from cvae_mnist.core.prior_fitting import fit_prior
+from cvae_mnist.datasets import CVAEDataset
+from cvae_mnist.params import ModelParams, PriorParams
 
 CPU = torch.device("cpu")
 SMALL = ModelParams(latent_dim=8, base_channels=4, decoder_conditioning="input")

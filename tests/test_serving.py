@@ -19,7 +19,7 @@ import psutil
 import pytest
 import torch
 
-from cvae_mnist.serving import CHAMPION, MAX_IMAGES_PER_REQUEST, MAX_SAMPLES_PER_ROW, MODEL_NAME
+from cvae_mnist.glue.serving import CHAMPION, MAX_IMAGES_PER_REQUEST, MAX_SAMPLES_PER_ROW, MODEL_NAME
 from mnist_fixtures import make_test_project, tracking_uri
 
 BIN = Path(sys.executable).parent
@@ -77,7 +77,7 @@ def trained(tmp_path_factory):
     _kedro(project, environment)  # a full default run: registers its model as the champion
     _kedro(project, environment, "--env", "test")  # like `make smoke`: logs a model, registers none
     uri = subprocess.run(
-        [BIN / "python", "-m", "cvae_mnist.serving"],
+        [BIN / "python", "-m", "cvae_mnist.glue.serving"],
         cwd=project,
         env=environment,
         capture_output=True,

@@ -10,7 +10,7 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from cvae_mnist.static_site import SinglePageHandler
+from cvae_mnist.glue.static_site import SinglePageHandler
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import mlflow
 import pytest
 import yaml
 
-from cvae_mnist.serving import MODEL_NAME
+from cvae_mnist.glue.serving import MODEL_NAME
 from mnist_fixtures import make_test_project, run_program, run_session, tracking_uri
 
 

@@ -22,7 +22,7 @@ import mlflow
 import pytest
 import yaml
 
-from cvae_mnist.serving import CHAMPION, MODEL_NAME
+from cvae_mnist.glue.serving import CHAMPION, MODEL_NAME
 from mnist_fixtures import BIN, CHILD_ENV, make_test_project, run_program
 
 
@@ -121,7 +121,7 @@ def test_the_run_its_parameters_histories_artifacts_and_model_are_on_the_server(
 def test_the_champion_is_served_from_the_servers_registry(recorded):
     uri, _, _ = recorded
     found = run_program(
-        Path.cwd(), "python", "-m", "cvae_mnist.serving", env={**CHILD_ENV, "MLFLOW_TRACKING_URI": uri}
+        Path.cwd(), "python", "-m", "cvae_mnist.glue.serving", env={**CHILD_ENV, "MLFLOW_TRACKING_URI": uri}
     ).stdout.strip()
     assert found == f"models:/{MODEL_NAME}@{CHAMPION}"  # what `make serve MLFLOW_TRACKING_URI=...` serves
     previous = mlflow.get_tracking_uri()  # other tests of this process may have set one

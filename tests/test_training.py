@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from cvae_mnist import checkpoints, recipe
+from cvae_mnist.core.runtime import mixed_precision_dtype
 from cvae_mnist.datasets import CheckpointDataset
-from cvae_mnist.engine import Trainer, batches
+from cvae_mnist.engine import checkpoints, recipe
+from cvae_mnist.engine.recipe import CVAEObjective, fit_cvae
+from cvae_mnist.engine.trainer import Trainer, batches
 from cvae_mnist.errors import ModelFileError, TrainingDivergedError
 from cvae_mnist.params import IngestionParams, ModelParams, TrainingParams
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
-from cvae_mnist.recipe import CVAEObjective, fit_cvae
-from cvae_mnist.runtime import mixed_precision_dtype
 
 MODEL = ModelParams(
     latent_dim=4,

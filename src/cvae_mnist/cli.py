@@ -21,7 +21,7 @@ from kedro.io import DatasetError
 from kedro.validation import ParameterValidationError
 
 import cvae_mnist.pipelines
-from cvae_mnist import distributed, worker
+from cvae_mnist.engine import distributed, worker
 from cvae_mnist.errors import (
     ConfigurationError,
     CvaeMnistError,
@@ -74,7 +74,7 @@ def _report_user_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
         world = distributed.from_environment()
         if world.size == 1:
             return run_checked(*args, **kwargs)
-        # under torchrun: rank 0 runs the pipeline, the others train with it (cvae_mnist.distributed)
+        # under torchrun: rank 0 runs the pipeline, the others train with it (cvae_mnist.engine.distributed)
         distributed.start(world)
         if not world.main:
             code = worker.serve(world)

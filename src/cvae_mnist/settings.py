@@ -3,8 +3,8 @@
 See https://docs.kedro.org/en/stable/configure/configuration_basics/ for the defaults.
 """
 
-from cvae_mnist.hooks import LineageHook, NodeTimingHook, ParametersHook, RunLockHook
-from cvae_mnist.tracking import MlflowTrackingHook
+from cvae_mnist.glue.hooks import LineageHook, NodeTimingHook, ParametersHook, RunLockHook
+from cvae_mnist.glue.tracking import MlflowTrackingHook
 
 # kedro-mlflow's hook is registered here, as MlflowTrackingHook, instead of by the plugin.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from cvae_mnist.core.idx import encode_idx
 from cvae_mnist.errors import DataError
-from cvae_mnist.idx import encode_idx
 from cvae_mnist.params import IngestionParams
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
 

@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
-from cvae_mnist.classifier import DigitClassifier
+from cvae_mnist.core.classifier import DigitClassifier
+from cvae_mnist.core.inference import reconstruct
+from cvae_mnist.core.model import CVAE
 from cvae_mnist.datasets import CheckpointDataset
-from cvae_mnist.inference import reconstruct
-from cvae_mnist.model import CVAE
 from cvae_mnist.params import ClassifierParams, EvaluationParams, IngestionParams, ModelParams
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
 from cvae_mnist.pipelines.evaluation import create_pipeline, nodes

@@ -4,11 +4,11 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from cvae_mnist.model import CVAE
+from cvae_mnist.core.model import CVAE
+from cvae_mnist.glue.saving import to_checkpoint, write_tensors
+from cvae_mnist.glue.serving import WEIGHTS, CVAEGenerator, GenerationRequest
 from cvae_mnist.params import GenerationParams, ModelParams
 from cvae_mnist.pipelines.generation.nodes import generate_digits, plot_generated
-from cvae_mnist.saving import to_checkpoint, write_tensors
-from cvae_mnist.serving import WEIGHTS, CVAEGenerator, GenerationRequest
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
+from cvae_mnist.core.model import CVAE
 from cvae_mnist.errors import DataError
-from cvae_mnist.model import CVAE
 from cvae_mnist.params import IngestionParams, ModelParams, PriorParams, TrainingParams
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
 from cvae_mnist.pipelines.training.nodes import fit_prior, history_to_mlflow_metrics

@@ -8,7 +8,7 @@ from typing import Any
 from kedro.io import AbstractDataset
 from kedro.io.core import parse_dataset_definition
 
-from cvae_mnist.saving import atomic_path
+from cvae_mnist.glue.saving import atomic_path
 
 
 class AtomicDataset(AbstractDataset[Any, Any]):

@@ -13,22 +13,22 @@ from kedro.io import AbstractDataset, DatasetError
 from mlflow.models.model import ModelInfo
 
 import cvae_mnist
-from cvae_mnist.model import CVAE
-from cvae_mnist.saving import to_checkpoint, write_tensors
-from cvae_mnist.serving import WEIGHTS
+from cvae_mnist.core.model import CVAE
+from cvae_mnist.glue.saving import to_checkpoint, write_tensors
+from cvae_mnist.glue.serving import WEIGHTS
 
 logger = logging.getLogger(__name__)
 
 PACKAGE = Path(cvae_mnist.__file__).parent
-# what the served code imports (cvae_mnist.serving and the modules it uses)
+# what the served code imports (cvae_mnist.glue.serving and the modules it uses)
 REQUIREMENTS = ("mlflow", "torch", "pydantic", "numpy")
 
 
 class GeneratorModelDataset(AbstractDataset[CVAE, Any]):
     """The trained CVAE, logged to the active MLflow run as the pyfunc model of
-    ``cvae_mnist.serving`` (``make serve`` serves it).
+    ``cvae_mnist.glue.serving`` (``make serve`` serves it).
 
-    The model is logged "from code": MLflow keeps ``cvae_mnist/served_model.py`` and the
+    The model is logged "from code": MLflow keeps ``cvae_mnist/glue/served_model.py`` and the
     package's code beside the weights, a ``cvae.pt`` that is read with ``weights_only=True``,
     so loading the model runs no pickle. Without an active MLflow run (tracking disabled)
     nothing is logged.
@@ -63,7 +63,7 @@ class GeneratorModelDataset(AbstractDataset[CVAE, Any]):
             write_tensors(to_checkpoint(data), weights)
             self.model_info = mlflow.pyfunc.log_model(
                 name=self._name,
-                python_model=str(PACKAGE / "served_model.py"),
+                python_model=str(PACKAGE / "glue" / "served_model.py"),
                 artifacts={WEIGHTS: str(weights)},
                 code_paths=[str(PACKAGE)],
                 pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],

@@ -19,7 +19,7 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 
 from cvae_mnist.errors import DataError, redacted
-from cvae_mnist.saving import atomic_path
+from cvae_mnist.glue.saving import atomic_path
 
 logger = logging.getLogger(__name__)
 

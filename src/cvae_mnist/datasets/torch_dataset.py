@@ -7,8 +7,8 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from cvae_mnist.model import CVAE
-from cvae_mnist.saving import from_checkpoint, read_tensors, to_checkpoint, write_tensors
+from cvae_mnist.core.model import CVAE
+from cvae_mnist.glue.saving import from_checkpoint, read_tensors, to_checkpoint, write_tensors
 
 
 class TorchDataset(AbstractDataset[Any, Any]):
@@ -60,7 +60,7 @@ class TorchDataset(AbstractDataset[Any, Any]):
 
 
 class CVAEDataset(TorchDataset):
-    """A trained :class:`~cvae_mnist.model.CVAE`: ``save`` takes the model, ``load`` returns it
+    """A trained :class:`~cvae_mnist.core.model.CVAE`: ``save`` takes the model, ``load`` returns it
     ready to use, rebuilt from its saved parameters and weights (read with
     ``weights_only=True``, so the file cannot run code).
 
@@ -80,7 +80,7 @@ class CVAEDataset(TorchDataset):
 
 class CheckpointFile:
     """A checkpoint file that a node reads and rewrites while it runs: a
-    :class:`cvae_mnist.checkpoints.CheckpointStore`."""
+    :class:`cvae_mnist.engine.checkpoints.CheckpointStore`."""
 
     def __init__(self, dataset: TorchDataset) -> None:
         self._dataset = dataset

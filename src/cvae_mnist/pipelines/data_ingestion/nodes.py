@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cvae_mnist.core.idx import parse_idx
+from cvae_mnist.core.schema import Split
 from cvae_mnist.errors import DataError
-from cvae_mnist.idx import parse_idx
 from cvae_mnist.params import DIGITS, IngestionParams
-from cvae_mnist.schema import Split
 
 
 def _decode_split(raw: dict[str, bytes], prefix: str, limit: int | None) -> Split:

@@ -9,15 +9,16 @@ from typing import Any
 import pandas as pd
 import torch
 
-from cvae_mnist.checkpoints import CheckpointStore
-from cvae_mnist.classifier import DigitClassifier, frechet_distance, predict, train_classifier
-from cvae_mnist.inference import decode, encode, generate, likelihood_terms, reconstruct
-from cvae_mnist.losses import reconstruction_loss
-from cvae_mnist.metrics import mse_per_image, nearest_distances, psnr_per_image, ssim_per_image
-from cvae_mnist.model import CVAE
+from cvae_mnist.core.classifier import DigitClassifier, frechet_distance, predict
+from cvae_mnist.core.inference import decode, encode, generate, likelihood_terms, reconstruct
+from cvae_mnist.core.losses import reconstruction_loss
+from cvae_mnist.core.metrics import mse_per_image, nearest_distances, psnr_per_image, ssim_per_image
+from cvae_mnist.core.model import CVAE
+from cvae_mnist.core.runtime import select_device
+from cvae_mnist.core.schema import Split
+from cvae_mnist.engine.checkpoints import CheckpointStore
+from cvae_mnist.engine.recipe import train_classifier
 from cvae_mnist.params import DIGITS, ClassifierParams, EvaluationParams, IngestionParams
-from cvae_mnist.runtime import select_device
-from cvae_mnist.schema import Split
 
 logger = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from cvae_mnist.inference import generate
-from cvae_mnist.model import CVAE
+from cvae_mnist.core.inference import generate
+from cvae_mnist.core.model import CVAE
+from cvae_mnist.core.plotting import digit_grid_figure
+from cvae_mnist.core.runtime import select_device
 from cvae_mnist.params import GenerationParams
-from cvae_mnist.plotting import digit_grid_figure
-from cvae_mnist.runtime import select_device
 
 
 def generate_digits(cvae_model: CVAE, generation: GenerationParams) -> dict[str, Any]:

@@ -7,12 +7,12 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from cvae_mnist.inference import decode, encode, generate
-from cvae_mnist.model import CVAE
+from cvae_mnist.core.inference import decode, encode, generate
+from cvae_mnist.core.model import CVAE
+from cvae_mnist.core.plotting import digit_grid_figure, figure_with_axes, show_grid
+from cvae_mnist.core.runtime import select_device
+from cvae_mnist.core.schema import History, Split
 from cvae_mnist.params import DIGITS, EvaluationParams
-from cvae_mnist.plotting import digit_grid_figure, figure_with_axes, show_grid
-from cvae_mnist.runtime import select_device
-from cvae_mnist.schema import History, Split
 
 
 def _first_of_each_class(labels: torch.Tensor, num_classes: int, count: int) -> torch.Tensor:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import copy
 import logging
 
-from cvae_mnist.checkpoints import CheckpointStore
+from cvae_mnist.core.inference import encode
+from cvae_mnist.core.model import CVAE
+from cvae_mnist.core.prior_fitting import fit_prior as fit_density
+from cvae_mnist.core.runtime import select_device
+from cvae_mnist.core.schema import History, Split
+from cvae_mnist.engine.checkpoints import CheckpointStore
+from cvae_mnist.engine.recipe import fit_cvae
 from cvae_mnist.errors import DataError
-from cvae_mnist.inference import encode
-from cvae_mnist.model import CVAE
 from cvae_mnist.params import ModelParams, PriorParams, TrainingParams
-from cvae_mnist.prior import fit_prior as fit_density
-from cvae_mnist.recipe import fit_cvae
-from cvae_mnist.runtime import select_device
-from cvae_mnist.schema import History, Split
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def fit_prior(
     """Give the trained model its prior p(z | y), fitted to the encoded training set.
 
     A ``mixture`` or a ``flow`` is fitted to draws of the training images' posteriors
-    (:func:`cvae_mnist.prior.fit_prior`), and ``pseudo_inputs`` training images per class
+    (:func:`cvae_mnist.core.prior_fitting.fit_prior`), and ``pseudo_inputs`` training images per class
     lend it their posteriors; a ``standard_normal`` alone needs no fitting. Every generator
     samples from this prior.
 
@@ -102,7 +102,7 @@ def history_to_mlflow_metrics(training_history: History) -> dict[str, list[dict[
 
 def build_generator(cvae_model: CVAE) -> CVAE:
     """Hand the trained model to ``cvae_generator``, which logs it to the MLflow run as the
-    servable pyfunc model of ``cvae_mnist.serving``.
+    servable pyfunc model of ``cvae_mnist.glue.serving``.
 
     Args:
         cvae_model: The trained model, with its prior.

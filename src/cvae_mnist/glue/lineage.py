@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from cvae_mnist.saving import atomic_path
+from cvae_mnist.glue.saving import atomic_path
 
 SUFFIX = ".lineage.json"
 # settings that change where or how fast a run computes, not what it computes

@@ -1,4 +1,5 @@
-"""Device choice, seeding and progress bars: where, how reproducibly and how visibly torch runs."""
+"""Device choice, seeding, progress bars, and this process's place in a torchrun job: where,
+how reproducibly, how visibly and with whom torch runs."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import os
 import random
 import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from cvae_mnist.errors import DistributedError
 
 T = TypeVar("T")
 
@@ -83,3 +87,48 @@ def progress(items: Iterable[T], total: int, description: str | None) -> Iterato
         return items
     interval = 1.0 if sys.stderr.isatty() else 30.0
     return tqdm(items, total=total, desc=description, unit="batch", mininterval=interval, leave=False)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes of one training: ``rank`` of ``size``."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous slice of a global batch (all of it in one process)."""
+        if self.size == 1:
+            return batch
+        n = len(batch) // self.size
+        return batch[self.rank * n : (self.rank + 1) * n]
+
+    def device(self, device: torch.device) -> torch.device:
+        """This rank's own GPU when it trains on CUDA, else ``device`` itself.
+
+        Raises:
+            DistributedError: If the machine has fewer GPUs than processes (NCCL needs one
+                GPU per process), or the device is MPS (gloo holds CPU and CUDA tensors only).
+        """
+        if self.size == 1:
+            return device
+        if device.type == "mps":
+            raise DistributedError(
+                "torchrun cannot train on Apple's MPS: its gloo backend holds CPU and CUDA tensors "
+                "only. Run one process, or set training.device=cpu under torchrun."
+            )
+        if device.type == "cuda":
+            gpus = torch.cuda.device_count()
+            if self.local_rank >= gpus:
+                raise DistributedError(
+                    f"torchrun started process {self.local_rank} on this machine, which has {gpus} "
+                    f"GPU{'s' if gpus != 1 else ''}: NCCL needs one GPU per process. Start at most "
+                    f"{gpus} per machine (--nproc_per_node {gpus}), or set training.device=cpu."
+                )
+            return torch.device("cuda", self.local_rank)
+        return device

@@ -1,16 +1,16 @@
 """The other ranks of a torchrun job: they wait for rank 0's pipeline to train, and train
-with it (``cvae_mnist.recipe.train_rank``) whenever it does. No Kedro here."""
+with it (``cvae_mnist.engine.recipe.train_rank``) whenever it does. No Kedro here."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from cvae_mnist import distributed
-from cvae_mnist.distributed import World
+from cvae_mnist.core.runtime import World
+from cvae_mnist.engine import distributed
+from cvae_mnist.engine.recipe import train_rank
 from cvae_mnist.errors import DistributedError
 from cvae_mnist.params import ModelParams, TrainingParams
-from cvae_mnist.recipe import train_rank
 
 logger = logging.getLogger(__name__)
 

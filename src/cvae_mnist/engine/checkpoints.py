@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from cvae_mnist.core.schema import History
 from cvae_mnist.errors import ModelFileError
-from cvae_mnist.schema import History
 
 if TYPE_CHECKING:
-    from cvae_mnist.engine import Trainer
+    from cvae_mnist.engine.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 

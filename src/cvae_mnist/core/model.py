@@ -6,7 +6,7 @@ Decoder p(x | z, y): ``[z, label]`` through a linear layer and stride-2 transpos
 convolutions to one channel of Bernoulli logits; with ``decoder_conditioning:
 every_stage`` the label also scales and shifts the features after every stage (FiLM,
 Perez et al. 2018), so that the decoder can take the digit from the label at every scale.
-Prior p(z | y): a :class:`cvae_mnist.prior.Prior`, fitted after training.
+Prior p(z | y): a :class:`cvae_mnist.core.prior.Prior`, fitted after training.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvae_mnist.core.prior import Prior, build_prior
 from cvae_mnist.params import ModelParams, PriorParams
-from cvae_mnist.prior import Prior, build_prior
 
 # channels of each stride-2 stage (times base_channels), the decoder's transposed-conv
 # paddings (deepest first), and whether batch norm and a ReLU follow the decoder's linear layer

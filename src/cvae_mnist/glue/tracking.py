@@ -37,10 +37,11 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
-from cvae_mnist import distributed, lineage
+from cvae_mnist.engine import distributed
 from cvae_mnist.errors import ConfigurationError, RunInterrupted, find_user_error, redacted
-from cvae_mnist.hooks import NodeTimingHook, local_file
-from cvae_mnist.serving import CHAMPION, MODEL_NAME
+from cvae_mnist.glue import lineage
+from cvae_mnist.glue.hooks import NodeTimingHook, local_file
+from cvae_mnist.glue.serving import CHAMPION, MODEL_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def check_store_location(tracking_uri: str, experiment: str, project: Path) -> N
         return
     raise ConfigurationError(
         f"The MLflow experiment {experiment!r} in {database.name} keeps its artifacts in "
-        f"{Path(location).parent}, not in this project's mlruns/ (the project was copied or moved): "
+        f"{location}, not in this project's mlruns/ (the project was copied or moved): "
         "its runs would write there. Name a new experiment under tracking.experiment.name in "
         "conf/local/mlflow.yml (the old runs stay), or move mlflow.db and mlruns/ aside to start a "
         "new store. Nothing was run."

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from cvae_mnist.distributed import World
+from cvae_mnist.core.runtime import World
 
 
 def random_affine(

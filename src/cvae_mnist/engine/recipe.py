@@ -1,8 +1,8 @@
-"""The CVAE's training recipe: its objective, the engine set up for it, and training on one
-process or on every process of a torchrun job. No Kedro here.
+"""The training recipes: the CVAE's (its objective, the engine set up for it, training on one
+process or on every process of a torchrun job) and the digit classifier's. No Kedro here.
 
-:func:`fit_cvae` builds a CVAE from a seed and trains it with ``cvae_mnist.engine``. Under
-torchrun, rank 0 calls it and the other ranks, waiting in ``cvae_mnist.worker``, are sent
+:func:`fit_cvae` builds a CVAE from a seed and trains it with ``cvae_mnist.engine.trainer``. Under
+torchrun, rank 0 calls it and the other ranks, waiting in ``cvae_mnist.engine.worker``, are sent
 the same arguments; every process then runs :func:`train_rank` on its share of each batch.
 """
 
@@ -16,21 +16,22 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cvae_mnist import distributed
-from cvae_mnist.adversary import LabelAidedCVAE
-from cvae_mnist.augmentation import random_affine
-from cvae_mnist.distributed import World
-from cvae_mnist.engine import CheckpointStore, Trainer, fit
+from cvae_mnist.core.adversary import LabelAidedCVAE
+from cvae_mnist.core.augmentation import random_affine
+from cvae_mnist.core.classifier import DigitClassifier
+from cvae_mnist.core.fastpath import accelerated
+from cvae_mnist.core.losses import cvae_loss
+from cvae_mnist.core.model import CVAE
+from cvae_mnist.core.runtime import World, deterministic_algorithms, seed_everything, select_device
+from cvae_mnist.core.schema import History, Split
+from cvae_mnist.engine import distributed
+from cvae_mnist.engine.trainer import CheckpointStore, Trainer, fit
 from cvae_mnist.errors import CvaeMnistError, DataError, DistributedError
-from cvae_mnist.fastpath import accelerated
-from cvae_mnist.losses import cvae_loss
-from cvae_mnist.model import CVAE
-from cvae_mnist.params import ModelParams, TrainingParams
-from cvae_mnist.runtime import deterministic_algorithms, seed_everything, select_device
-from cvae_mnist.schema import History, Split
+from cvae_mnist.params import ClassifierParams, ModelParams, TrainingParams
 
 logger = logging.getLogger(__name__)
 
@@ -252,3 +253,39 @@ def _peer_failure(error: RuntimeError) -> bool:
     return isinstance(error, dist.DistError) or any(
         word in str(error) for word in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out")
     )
+
+
+def _cross_entropy(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, step: int | None
+) -> dict[str, torch.Tensor]:
+    return {"loss": F.cross_entropy(model(images).float(), labels)}
+
+
+def train_classifier(
+    train: Split, params: ClassifierParams, device: torch.device = torch.device("cpu")
+) -> DigitClassifier:
+    """Adam on cross-entropy over shuffled batches on ``device``, with a one-cycle learning
+    rate peaking at ``params.lr`` (99 % on MNIST in fewer epochs than a constant rate).
+    Returned on the CPU."""
+    generator = seed_everything(params.seed)
+    model = DigitClassifier().to(device)
+    steps_per_epoch = -(-len(train["labels"]) // params.batch_size)
+    trainer = Trainer(
+        model,
+        _cross_entropy,
+        lr=params.lr,
+        total_steps=params.epochs * steps_per_epoch,
+        device=device,
+        name="classifier",
+        schedule="onecycle",
+    )
+    fit(
+        trainer,
+        {key: value.to(device) for key, value in train.items()},
+        None,
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        test_batch_size=params.batch_size,
+        generator=generator,
+    )
+    return model.eval().cpu()

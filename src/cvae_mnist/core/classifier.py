@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-from cvae_mnist.engine import Trainer, fit
-from cvae_mnist.params import ClassifierParams
-from cvae_mnist.runtime import seed_everything
-from cvae_mnist.schema import Split
 
 
 class DigitClassifier(nn.Module):
@@ -54,42 +48,6 @@ def predict(
         features.append(h.float().cpu())
         labels.append(model.head(h).argmax(1).cpu())
     return torch.cat(labels), torch.cat(features)
-
-
-def _cross_entropy(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, step: int | None
-) -> dict[str, torch.Tensor]:
-    return {"loss": F.cross_entropy(model(images).float(), labels)}
-
-
-def train_classifier(
-    train: Split, params: ClassifierParams, device: torch.device = torch.device("cpu")
-) -> DigitClassifier:
-    """Adam on cross-entropy over shuffled batches on ``device``, with a one-cycle learning
-    rate peaking at ``params.lr`` (99 % on MNIST in fewer epochs than a constant rate).
-    Returned on the CPU."""
-    generator = seed_everything(params.seed)
-    model = DigitClassifier().to(device)
-    steps_per_epoch = -(-len(train["labels"]) // params.batch_size)
-    trainer = Trainer(
-        model,
-        _cross_entropy,
-        lr=params.lr,
-        total_steps=params.epochs * steps_per_epoch,
-        device=device,
-        name="classifier",
-        schedule="onecycle",
-    )
-    fit(
-        trainer,
-        {key: value.to(device) for key, value in train.items()},
-        None,
-        epochs=params.epochs,
-        batch_size=params.batch_size,
-        test_batch_size=params.batch_size,
-        generator=generator,
-    )
-    return model.eval().cpu()
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:

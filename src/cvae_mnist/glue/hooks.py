@@ -1,6 +1,6 @@
 """Project hooks: checks before a run (parameters, devices, other runs, stale inputs), the
 record of what made each file, and the wall time of each node. MLflow tracking is in
-``cvae_mnist.tracking``."""
+``cvae_mnist.glue.tracking``."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ from kedro.pipeline.node import Node
 from pydantic import ValidationError
 
 import cvae_mnist.pipelines
-from cvae_mnist import lineage
 from cvae_mnist.datasets import CheckpointDataset
 from cvae_mnist.errors import ParameterError, RunConflictError, describe_validation_error
+from cvae_mnist.glue import lineage
+from cvae_mnist.glue.saving import write_error
 from cvae_mnist.params import ProjectParameters
-from cvae_mnist.saving import write_error
 
 logger = logging.getLogger(__name__)
 HOLDER = ".kedro-run.holder"  # beside each held lock: which run holds it
@@ -159,7 +159,7 @@ def _writes(dataset: Any) -> Path | None:
 
 class LineageHook:
     """Stop a run that would use a stale input; record what made each file the run writes
-    (``cvae_mnist.lineage``)."""
+    (``cvae_mnist.glue.lineage``)."""
 
     def __init__(self) -> None:
         self._records: dict[str, dict[str, Any]] = {}

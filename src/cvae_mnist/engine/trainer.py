@@ -3,7 +3,7 @@
 A :class:`Trainer` takes Adam steps on an objective ``(model, images, labels, step) ->
 {"loss": ..., other terms}``; :func:`fit` runs the epochs, scores the test set after each,
 and writes and resumes checkpoints. It trains both networks of the project: the CVAE
-(``cvae_mnist.recipe``) and the digit classifier (``cvae_mnist.classifier``).
+(``cvae_mnist.engine.recipe``) and the digit classifier (``cvae_mnist.core.classifier``).
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cvae_mnist import distributed
-from cvae_mnist.checkpoints import CheckpointStore, resume_from, rng_state
-from cvae_mnist.distributed import World
+from cvae_mnist.core.runtime import World, mixed_precision_dtype, progress
+from cvae_mnist.core.schema import History, Split
+from cvae_mnist.engine import distributed
+from cvae_mnist.engine.checkpoints import CheckpointStore, resume_from, rng_state
 from cvae_mnist.errors import TrainingDivergedError
-from cvae_mnist.runtime import mixed_precision_dtype, progress
-from cvae_mnist.schema import History, Split
 
 logger = logging.getLogger(__name__)
 

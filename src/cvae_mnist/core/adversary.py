@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvae_mnist.distributed import World
-from cvae_mnist.model import CVAE
+from cvae_mnist.core.model import CVAE
+from cvae_mnist.core.runtime import World
 
 
 class _ReverseGradient(torch.autograd.Function):

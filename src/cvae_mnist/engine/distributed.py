@@ -21,13 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from cvae_mnist.core.runtime import World
 from cvae_mnist.errors import DistributedError
 
 logger = logging.getLogger(__name__)
@@ -37,51 +37,6 @@ logger = logging.getLogger(__name__)
 COMMAND_TIMEOUT = timedelta(hours=12)
 # a collective of the training itself that waits longer than this means a rank is stuck
 TRAINING_TIMEOUT = timedelta(minutes=30)
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place among the processes of one training: ``rank`` of ``size``."""
-
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def share(self, batch: torch.Tensor) -> torch.Tensor:
-        """This rank's contiguous slice of a global batch (all of it in one process)."""
-        if self.size == 1:
-            return batch
-        n = len(batch) // self.size
-        return batch[self.rank * n : (self.rank + 1) * n]
-
-    def device(self, device: torch.device) -> torch.device:
-        """This rank's own GPU when it trains on CUDA, else ``device`` itself.
-
-        Raises:
-            DistributedError: If the machine has fewer GPUs than processes (NCCL needs one
-                GPU per process), or the device is MPS (gloo holds CPU and CUDA tensors only).
-        """
-        if self.size == 1:
-            return device
-        if device.type == "mps":
-            raise DistributedError(
-                "torchrun cannot train on Apple's MPS: its gloo backend holds CPU and CUDA tensors "
-                "only. Run one process, or set training.device=cpu under torchrun."
-            )
-        if device.type == "cuda":
-            gpus = torch.cuda.device_count()
-            if self.local_rank >= gpus:
-                raise DistributedError(
-                    f"torchrun started process {self.local_rank} on this machine, which has {gpus} "
-                    f"GPU{'s' if gpus != 1 else ''}: NCCL needs one GPU per process. Start at most "
-                    f"{gpus} per machine (--nproc_per_node {gpus}), or set training.device=cpu."
-                )
-            return torch.device("cuda", self.local_rank)
-        return device
 
 
 def from_environment() -> World:

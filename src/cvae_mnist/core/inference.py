@@ -9,11 +9,11 @@ from contextlib import contextmanager
 
 import torch
 
-from cvae_mnist.fastpath import accelerated
-from cvae_mnist.losses import kl_divergence, reconstruction_loss
-from cvae_mnist.model import CVAE
-from cvae_mnist.prior import StandardNormalPrior
-from cvae_mnist.runtime import progress
+from cvae_mnist.core.fastpath import accelerated
+from cvae_mnist.core.losses import kl_divergence, reconstruction_loss
+from cvae_mnist.core.model import CVAE
+from cvae_mnist.core.prior import StandardNormalPrior
+from cvae_mnist.core.runtime import progress
 
 
 def _starts(n: int, batch_size: int, description: str | None) -> Iterable[int]:
@@ -23,7 +23,7 @@ def _starts(n: int, batch_size: int, description: str | None) -> Iterable[int]:
 @contextmanager
 def _ready(model: CVAE, device: torch.device) -> Iterator[None]:
     """``model`` in eval mode on ``device``; on the CPU with its faster layer forms, which
-    compute the same function (``cvae_mnist.fastpath``; 1.35-1.5 times faster here, forward only)."""
+    compute the same function (``cvae_mnist.core.fastpath``; 1.35-1.5 times faster here, forward only)."""
     with torch.inference_mode(False):  # moved parameters stay ordinary tensors
         model.eval().to(device)
     with accelerated(model, device):
@@ -102,7 +102,7 @@ def generate(
 ) -> torch.Tensor:
     """Decode one draw of the model's prior p(z | y) per label: images in [0, 1] on the CPU.
 
-    The prior (``cvae_mnist.prior``) draws its noise from a CPU generator seeded with
+    The prior (``cvae_mnist.core.prior``) draws its noise from a CPU generator seeded with
     ``seed``, so the same seed and labels give the same images on any device, up to the
     device's arithmetic.
     """

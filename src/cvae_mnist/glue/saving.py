@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from cvae_mnist.core.model import CVAE
 from cvae_mnist.errors import DataError, ModelFileError
-from cvae_mnist.model import CVAE
 from cvae_mnist.params import ModelParams, PriorParams
 
 
@@ -31,7 +31,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     On an exception the temporary file is removed and ``path`` is untouched. Temporary
     files that a killed writer left beside ``path`` are removed first (a run owns its
-    output folders, see ``cvae_mnist.hooks.RunLockHook``, so no other writer is alive).
+    output folders, see ``cvae_mnist.glue.hooks.RunLockHook``, so no other writer is alive).
     """
     path = Path(path)
     try:

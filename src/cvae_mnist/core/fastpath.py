@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvae_mnist.model import ConditionedConv2d
+from cvae_mnist.core.model import ConditionedConv2d
 
 
 class LabelLookupConv2d(ConditionedConv2d):

@@ -1,6 +1,6 @@
 """Serve the static Kedro-Viz site that `kedro viz build` writes, as a static host would.
 
-    python -m cvae_mnist.static_site [folder] [--port 4142]     # make viz-build serves ./build
+    python -m cvae_mnist.glue.static_site [folder] [--port 4142]     # make viz-build serves ./build
 
 The site is a single-page app: its views (``/workflow``, a link with a selected node) are
 addresses with no file behind them, which a plain ``python -m http.server`` answers with

@@ -5,7 +5,7 @@ images of 28x28 floats in [0, 1]. MLflow derives the model's signature from the 
 hints of ``predict`` and validates every row against ``GenerationRequest`` before
 ``predict`` runs, so a bad request gets a 400 answer naming the field.
 
-The model is logged "from code" (``cvae_mnist/served_model.py``, see
+The model is logged "from code" (``cvae_mnist/glue/served_model.py``, see
 ``cvae_mnist.datasets.GeneratorModelDataset``): loading it imports this module and reads
 the weights from the logged ``cvae.pt`` with ``weights_only=True``, so no pickle runs.
 A request may ask for at most ``MAX_IMAGES_PER_REQUEST`` images in all and stops after
@@ -27,9 +27,9 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel, ConfigDict, Field
 
-from cvae_mnist.inference import generate
-from cvae_mnist.runtime import select_device
-from cvae_mnist.saving import load_cvae
+from cvae_mnist.core.inference import generate
+from cvae_mnist.core.runtime import select_device
+from cvae_mnist.glue.saving import load_cvae
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from kedro.validation.parameter_validator import ParameterValidator
 from pydantic import ValidationError
 
 from cvae_mnist.cli import user_error
+from cvae_mnist.core.runtime import seed_everything
 from cvae_mnist.errors import describe_validation_error
 from cvae_mnist.params import ModelParams, ProjectParameters, TrainingParams
 from cvae_mnist.settings import CONFIG_LOADER_ARGS
@@ -90,6 +91,15 @@ def test_a_bad_value_is_named_with_its_rule(section, values, message):
         ),
         ({"seed": -1}, "Parameter seed = -1 is invalid: input should be greater than or equal to 0."),
         ({"seed": "one"}, "Parameter seed = 'one' is invalid: input should be a valid integer."),
+        ({"seed": 2**32}, "Parameter seed = 4294967296 is invalid: input should be less than 4294967296."),
+        (
+            {"classifier": {"seed": 2**40}},
+            "Parameter classifier.seed = 1099511627776 is invalid: input should be less than 4294967296.",
+        ),
+        (
+            {"generation": {"seed": 2**33}},
+            "Parameter generation.seed = 8589934592 is invalid: input should be less than 4294967296.",
+        ),
     ],
 )
 def test_the_top_level_is_checked_too(params, message):
@@ -156,3 +166,9 @@ def test_the_conf_local_examples_are_valid_and_merge_key_by_key(tmp_path):
         "MLFLOW_TRACKING_USERNAME",
         "MLFLOW_TRACKING_PASSWORD",
     }
+
+
+def test_the_largest_seed_allowed_seeds_everything():
+    seed_everything(2**32 - 1)  # NumPy's limit: the parameters' bound is exactly it
+    with pytest.raises(ValueError):
+        seed_everything(2**32)

@@ -123,7 +123,7 @@ class EvaluationParams(Section):
 class GenerationParams(Section):
     digit: int | None = Field(None, ge=0, le=9, description="0-9, or null for all ten digits")
     n_samples: int = Field(16, ge=1, le=10_000, description="images per digit")
-    seed: int = Field(0, ge=0, lt=2**63, description="same seed, same images")
+    seed: int = Field(0, ge=0, lt=2**32, description="same seed, same images")
     device: Device = "auto"
 
 
@@ -131,14 +131,16 @@ class ClassifierParams(Section):
     epochs: int = Field(5, ge=1, le=100)
     batch_size: int = Field(128, ge=1, le=60_000)
     lr: float = Field(3e-3, gt=0, allow_inf_nan=False, description="peak of the one-cycle schedule")
-    seed: int = Field(1, ge=0, lt=2**63, description="its own seed: the top-level seed keeps the same judge")
+    seed: int = Field(1, ge=0, lt=2**32, description="its own seed: the top-level seed keeps the same judge")
 
 
 class ProjectParameters(Section):
     """The whole of ``parameters.yml``: Kedro validates each section where a node reads it;
     this model checks what no node's type hint covers, the top-level keys and the seed."""
 
-    seed: int = Field(1, ge=0, lt=2**63, description="seeds weights, shuffling and latent samples")
+    seed: int = Field(
+        1, ge=0, lt=2**32, description="seeds weights, shuffling and latent samples (NumPy takes 32 bits)"
+    )
     data_ingestion: IngestionParams = IngestionParams()
     model: ModelParams = ModelParams()
     prior: PriorParams = PriorParams()

@@ -1,3 +1,4 @@
+import errno
 import gzip
 import inspect
 from pathlib import Path
@@ -14,7 +15,9 @@ from mnist_fixtures import raises_user_error, write_tiny_mnist
 
 
 def _no_temporary_files(folder: Path) -> bool:
-    return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    """Nothing beside the files themselves: the writer's temporary files are
+    ``.<name>.tmp-XXXX<suffix>`` (``cvae_mnist.glue.saving.atomic_path``), hidden."""
+    return not [p for p in folder.iterdir() if ".tmp" in p.name]
 
 
 @pytest.fixture
@@ -146,14 +149,27 @@ class TestTorchDataset:
         ):
             dataset.load()
 
-    def test_failed_save_keeps_the_old_file_and_leaves_no_partial_file(self, tmp_path):
+    def test_failed_save_keeps_the_old_file_and_leaves_no_partial_file(self, tmp_path, monkeypatch):
         path = tmp_path / "cvae.pt"
         dataset = TorchDataset(filepath=str(path))
         dataset.save({"w": torch.ones(2)})
         with pytest.raises(Exception):
-            dataset.save({"w": lambda: None})  # not serialisable
+            dataset.save({"w": lambda: None})  # not serialisable: fails before any file is opened
+        written = []
+
+        def half_then_full_disk(self, data):  # the disk fills up halfway through the new file
+            written.append(self.name)
+            with open(self, "wb") as handle:
+                handle.write(bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(Path, "write_bytes", half_then_full_disk)
+        with raises_user_error(DataError, match="the disk is full"):
+            dataset.save({"w": torch.zeros(1000)})
+        assert written and written[0].startswith(".cvae.tmp-")  # a temporary file was being written
+        monkeypatch.undo()
         assert torch.equal(dataset.load()["w"], torch.ones(2))
-        assert _no_temporary_files(tmp_path)
+        assert _no_temporary_files(tmp_path) and [p.name for p in tmp_path.iterdir()] == ["cvae.pt"]
 
 
 def test_atomic_dataset_previews_what_it_wraps_for_kedro_viz(tmp_path):

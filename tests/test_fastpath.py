@@ -177,7 +177,10 @@ def test_inference_uses_the_fast_forms_and_leaves_a_model_that_can_still_be_trai
     images, labels = torch.rand(6, 1, 28, 28), torch.arange(6)
     with torch.no_grad():
         plain = model.eval().decode(model.encode(images, labels)[0], labels)
+    forms = []  # the class each call of the first convolution ran as
+    model.conv1.register_forward_hook(lambda layer, *_: forms.append(type(layer).__name__))
     torch.testing.assert_close(reconstruct(model, images, labels, 4, torch.device("cpu")), plain)
+    assert forms == ["LabelLookupConv2d", "LabelLookupConv2d"]  # two batches of 4, the fast form
     # the layers are the plain ones again, their tensors ordinary (not inference) tensors
     assert type(model.conv1) is ConditionedConv2d
     assert not any(t.is_inference() for t in [*model.parameters(), *model.buffers()])

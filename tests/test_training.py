@@ -47,9 +47,21 @@ def test_batches_cover_the_data_once_in_order_or_shuffled(data):
 
 @pytest.mark.parametrize("model", [MODEL, DEFAULT_LAYERS], ids=["report's layers", "default layers"])
 @pytest.mark.parametrize("setting", [{"fast_path": "auto"}, {"mixed_precision": True}])
-def test_each_speed_setting_keeps_the_loss(data, model, setting):
+def test_each_speed_setting_keeps_the_loss(data, model, setting, monkeypatch):
+    used = []  # (the first convolution's class, the autocast dtype) while each run trains
+    train_epoch = Trainer.train_epoch
+
+    def recorded(self, *args):
+        network = getattr(self.network, "cvae", self.network)  # inside the training aids
+        used.append((type(network.conv1).__name__, self.autocast_dtype))
+        return train_epoch(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_epoch", recorded)
     _, plain = _train(data, model, epochs=1, **PLAIN)
     _, fast = _train(data, model, epochs=1, **{**PLAIN, **setting})
+    fast_layer = "LabelLookupConv2d" if setting.get("fast_path") == "auto" else "ConditionedConv2d"
+    dtype = mixed_precision_dtype(torch.device("cpu")) if setting.get("mixed_precision") else None
+    assert used == [("ConditionedConv2d", None), (fast_layer, dtype)]
     # bf16 autocast rounds activations to 8 bits of mantissa; the fast forms are exact up to fp32
     # rounding, which four Adam steps through batch norm grow to about 2e-4 here
     tolerance = 0.02 if setting.get("mixed_precision") else 1e-3 if model is DEFAULT_LAYERS else 1e-4
@@ -143,15 +155,24 @@ class TestCheckpoints:
         for name, tensor in other.state_dict().items():
             assert torch.equal(model.state_dict()[name], tensor), name
 
-    def test_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(self, data, store):
+    def test_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(self, data, store, monkeypatch):
         full_model, full_history = _train(data, epochs=3)
         _train(data, store=store, epochs=1)  # as if stopped after the first epoch
         assert store.read()["epoch"] == 1
+        first_epoch_seconds = store.read()["history"]["seconds"]
+        trained = []  # the epochs the resumed run trains itself
+        train_epoch = Trainer.train_epoch
+        monkeypatch.setattr(
+            Trainer, "train_epoch", lambda self, *a: trained.append(a[-1]) or train_epoch(self, *a)
+        )
         resumed_model, resumed_history = _train(data, store=store, epochs=3, resume=True)
+        assert trained == ["epoch 2/3", "epoch 3/3"]  # the finished epoch is skipped ...
+        assert resumed_history["seconds"][:1] == first_epoch_seconds  # ... and its record kept
         self.assert_same_weights(resumed_model, full_model)
         for key in ("train_loss", "test_loss", "train_kl", "test_reconstruction"):
             assert resumed_history[key] == full_history[key]
         assert store.read()["epoch"] == 3
+        assert store.read()["trainer"]["step"] == 3 * -(-len(data[0]["labels"]) // 32)
 
     def test_schedules_augmentation_and_the_default_architecture_resume_bit_for_bit(self, data, store):
         """A run stopped after its first epoch (as a kill would) and resumed ends like an

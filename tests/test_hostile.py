@@ -19,8 +19,10 @@ from click.testing import CliRunner
 from kedro.framework.startup import bootstrap_project
 
 from cvae_mnist.cli import cli
+from cvae_mnist.core.model import CVAE
 from cvae_mnist.datasets import CVAEDataset
 from cvae_mnist.glue.saving import write_tensors
+from cvae_mnist.params import ModelParams
 from mnist_fixtures import BIN, CHILD_ENV, make_test_project, run_program, run_session, tracking_uri
 
 KEDRO = str(BIN / "kedro")
@@ -124,6 +126,26 @@ def test_a_stale_input_stops_the_run_naming_it_and_the_command_that_rebuilds_it(
     assert "rebuild it with `kedro run --pipeline training --env test`" in line
     assert _run(project, "--pipeline", "training").returncode == 0
     assert _run(project, "--pipeline", "evaluation").returncode == 0
+
+
+def test_a_model_made_elsewhere_is_not_scored_as_ours(project):
+    model = project / "data" / "06_models" / "cvae.pt"
+    metrics = project / "data" / "08_reporting" / "metrics.csv"
+    ours, before = model.read_bytes(), metrics.read_text()
+    # another architecture, saved over the model without the record of a run that made it
+    CVAEDataset(filepath=str(model)).save(CVAE(ModelParams(architecture="report", latent_dim=8)))
+    try:
+        line = _one_error_line(_run(project, "--pipeline", "evaluation"))
+        assert line == (
+            "Error: data/06_models/cvae.pt has no record of the run that made it "
+            "(data/06_models/cvae.pt.lineage.json is missing or describes another file): it was made "
+            "elsewhere or changed since, and could be any model or data. Rebuild it with "
+            "`kedro run --pipeline training --env test`."
+        )
+        assert metrics.read_text() == before  # nothing scored, nothing overwritten
+    finally:
+        model.write_bytes(ours)
+    assert _run(project, "--pipeline", "evaluation").returncode == 0  # its own model again
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

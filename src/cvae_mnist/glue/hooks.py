@@ -172,22 +172,34 @@ class LineageHook:
         parameters: dict[str, Any] = {}
         for name, value in catalog["parameters"].load().items():
             parameters.update(lineage.parameters_of(name, value))
-        found = {}
+        found, unknown = {}, []
         for name in sorted(pipeline.inputs()):
             path = local_file(catalog.get(name))
             record = lineage.read_record(path) if path is not None else None
             if record is not None:
                 self._records[name] = record
                 found[name] = lineage.relative(path, self._root)
+            elif path is not None and path.exists() and _pipeline_writing(name) is not None:
+                unknown.append((name, lineage.relative(path, self._root)))  # made elsewhere, or changed
+        env = run_params.get("env")
+
+        def rebuild(name: str) -> str:
+            return f"kedro run --pipeline {_pipeline_writing(name)}" + (f" --env {env}" if env else "")
+
+        if unknown:
+            name, shown = unknown[0]
+            raise RunConflictError(
+                f"{shown} has no record of the run that made it ({shown}{lineage.SUFFIX} is missing or "
+                f"describes another file): it was made elsewhere or changed since, and could be any "
+                f"model or data. Rebuild it with `{rebuild(name)}`."
+            )
         # a file made under other settings first: what made it stale is closest to the cause
         reasons = [lineage.changed_setting(found[n], self._records[n], parameters) for n in found]
         reasons += [lineage.changed_source(found[n], self._records[n], self._root) for n in found]
         stale = next(((name, reason) for name, reason in zip([*found, *found], reasons) if reason), None)
         if stale:
-            env = run_params.get("env")
-            command = f"kedro run --pipeline {_pipeline_writing(stale[0])}" + (f" --env {env}" if env else "")
             raise RunConflictError(
-                f"{stale[1]}: rebuild it with `{command}`, or run with the parameters it was made with."
+                f"{stale[1]}: rebuild it with `{rebuild(stale[0])}`, or run with the parameters it was made with."
             )
 
     @hook_impl
@@ -217,7 +229,7 @@ class LineageHook:
             self._records[dataset_name] = lineage.read_record(path) or record
 
 
-def _pipeline_writing(dataset: str) -> str:
+def _pipeline_writing(dataset: str) -> str | None:
     """The name of the project's pipeline that writes ``dataset``. Each pipeline's own
     ``create_pipeline``: under ``--pipeline X``, Kedro's ``pipelines`` and ``find_pipelines``
     hold X alone."""
@@ -226,7 +238,7 @@ def _pipeline_writing(dataset: str) -> str:
         module = importlib.import_module(f"cvae_mnist.pipelines.{name}")
         if dataset in module.create_pipeline().all_outputs():
             return name
-    return "<the pipeline that writes it>"
+    return None  # an input no pipeline writes (the raw MNIST files)
 
 
 class NodeTimingHook:

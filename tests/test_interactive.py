@@ -17,7 +17,8 @@ NOTEBOOK = REPO / "notebooks" / "quick_start.ipynb"
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    project = make_test_project(tmp_path_factory.mktemp("interactive"))
+    # the base mlflow.yml's relative store, as a user's project has it
+    project = make_test_project(tmp_path_factory.mktemp("interactive"), own_store=False)
     run_session(project)
     (project / "notebooks").mkdir()
     shutil.copy(NOTEBOOK, project / "notebooks")
@@ -41,7 +42,8 @@ def test_the_quick_start_notebook_runs_top_to_bottom(project, monkeypatch):
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     html = "".join(output.get("data", {}).get("text/html", "") for output in outputs)
     assert "bce_per_image" in html  # the metrics table
-    assert "test default" in html  # the tiny run, listed among the MLflow runs
+    assert "test default" in html  # the tiny run, listed among the MLflow runs ...
+    assert not (project / "notebooks" / "mlflow.db").exists()  # ... of the project's own store
     images = [output for output in outputs if "image/png" in output.get("data", {})]
     assert len(images) >= 7  # six figures and the generated digits
 

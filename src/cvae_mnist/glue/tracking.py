@@ -58,14 +58,17 @@ class MlflowTrackingHook(MlflowHook):
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
+        project = Path(context.project_path)
         if mlflow.active_run() is None:  # kedro-mlflow would retry an unreachable server for minutes
             patterns = context.config_loader.config_patterns  # kedro-mlflow's own, set before it reads it
             patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])
             try:
-                settings = context.config_loader["mlflow"]
+                raw = context.config_loader["mlflow"]
             except MissingConfigException:
-                settings = {}
-            settings = KedroMlflowConfig.model_validate(settings).model_dump()
+                raw = {}
+            # set on the loader (Kedro's documented override), so that kedro-mlflow reads it so
+            context.config_loader["mlflow"] = raw = _with_the_projects_store(raw, project)
+            settings = KedroMlflowConfig.model_validate(raw).model_dump()
             try:
                 secrets = context.config_loader["credentials"].get(
                     settings["server"]["credentials"] or "", {}
@@ -80,7 +83,7 @@ class MlflowTrackingHook(MlflowHook):
             check_store_location(
                 self.mlflow_config.server.mlflow_tracking_uri,
                 self.mlflow_config.tracking.experiment.name,
-                Path(context.project_path),
+                project,
             )
 
     @hook_impl
@@ -203,6 +206,20 @@ def _git_commit(project: Path) -> str | None:
     except OSError:
         return None
     return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _with_the_projects_store(settings: dict[str, Any], project: Path) -> dict[str, Any]:
+    """``settings`` (of ``mlflow.yml``) with a relative SQLite store made the project's, wherever
+    the process started: a notebook's kernel starts in ``notebooks/``, where
+    ``sqlite:///mlflow.db`` would make a new, empty store. kedro-mlflow resolves a relative
+    file store against the project, not a SQLite one; this does the same for it."""
+    server = dict(settings.get("server") or {})
+    for field in ("mlflow_tracking_uri", "mlflow_registry_uri"):
+        uri = server.get(field) or ""
+        database = uri.removeprefix("sqlite:///")
+        if uri.startswith("sqlite:///") and not Path(database).is_absolute():
+            server[field] = f"sqlite:///{(project / database).resolve()}"
+    return {**settings, "server": server}
 
 
 def check_store_location(tracking_uri: str, experiment: str, project: Path) -> None:

@@ -1,0 +1,34 @@
+"""What a new user meets first: the README's example environment, copied as it suggests."""
+
+from __future__ import annotations
+
+import shutil
+
+import yaml
+
+from mnist_fixtures import REPO, make_test_project, run_program
+
+
+def test_the_local_example_trains_into_its_own_folders_and_leaves_the_default_model(tmp_path):
+    project = make_test_project(tmp_path / "project", env="local")
+    first = run_program(project, "kedro", "run", timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    default_model = project / "data" / "06_models" / "cvae.pt"
+    made = default_model.read_bytes()
+    # the README: copy conf/local-example/ to conf/local/ (here its globals.yml, and a change of
+    # epochs like its parameters.yml, over the tiny test settings)
+    shutil.copy(REPO / "conf" / "local-example" / "globals.yml", project / "conf" / "local")
+    parameters = project / "conf" / "local" / "parameters.yml"
+    tiny = yaml.safe_load(parameters.read_text())
+    parameters.write_text(yaml.safe_dump({**tiny, "training": {**tiny["training"], "epochs": 1}}))
+    refused = run_program(project, "kedro", "run", "--pipeline", "generation", timeout=300)
+    assert refused.returncode == 1 and "kedro run --pipeline training" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    trained = run_program(project, "kedro", "run", timeout=300)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert default_model.read_bytes() == made  # the default run's model is untouched
+    assert (project / "data" / "06_models" / "mine" / "cvae.pt").exists()
+    assert (project / "data" / "08_reporting" / "mine" / "metrics.csv").exists()
+    generated = run_program(project, "kedro", "run", "--pipeline", "generation", timeout=300)
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    assert list((project / "data" / "07_model_output" / "mine").iterdir())

@@ -128,6 +128,14 @@ def test_a_stale_input_stops_the_run_naming_it_and_the_command_that_rebuilds_it(
     assert _run(project, "--pipeline", "evaluation").returncode == 0
 
 
+def test_a_missing_input_names_the_command_with_the_environment(tmp_path):
+    fresh = make_test_project(tmp_path / "fresh")
+    line = _one_error_line(_run(fresh, "--pipeline", "evaluation"))
+    assert line == (
+        "Error: data/06_models/cvae.pt does not exist. Run `kedro run --pipeline training --env test` first."
+    )
+
+
 def test_a_model_made_elsewhere_is_not_scored_as_ours(project):
     model = project / "data" / "06_models" / "cvae.pt"
     metrics = project / "data" / "08_reporting" / "metrics.csv"

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 import cvae_mnist.pipelines
 from cvae_mnist.datasets import CheckpointDataset
-from cvae_mnist.errors import ParameterError, RunConflictError, describe_validation_error
+from cvae_mnist.errors import ModelFileError, ParameterError, RunConflictError, describe_validation_error
 from cvae_mnist.glue import lineage
 from cvae_mnist.glue.saving import write_error
 from cvae_mnist.params import ProjectParameters
@@ -172,20 +172,23 @@ class LineageHook:
         parameters: dict[str, Any] = {}
         for name, value in catalog["parameters"].load().items():
             parameters.update(lineage.parameters_of(name, value))
-        found, unknown = {}, []
+        found, unknown, missing = {}, [], []
         for name in sorted(pipeline.inputs()):
             path = local_file(catalog.get(name))
             record = lineage.read_record(path) if path is not None else None
             if record is not None:
                 self._records[name] = record
                 found[name] = lineage.relative(path, self._root)
-            elif path is not None and path.exists() and _pipeline_writing(name) is not None:
-                unknown.append((name, lineage.relative(path, self._root)))  # made elsewhere, or changed
+            elif path is not None and _pipeline_writing(name) is not None:
+                (unknown if path.exists() else missing).append((name, lineage.relative(path, self._root)))
         env = run_params.get("env")
 
         def rebuild(name: str) -> str:
             return f"kedro run --pipeline {_pipeline_writing(name)}" + (f" --env {env}" if env else "")
 
+        if missing:  # named with the environment, which the catalog's own hint cannot know
+            name, shown = missing[0]
+            raise ModelFileError(f"{shown} does not exist. Run `{rebuild(name)}` first.")
         if unknown:
             name, shown = unknown[0]
             raise RunConflictError(

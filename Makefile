@@ -39,7 +39,9 @@ viz-build: install  ## static Kedro-Viz site in ./build, served on http://127.0.
 	$(BIN)/kedro viz build
 	$(BIN)/python -m cvae_mnist.glue.static_site build --port 4142
 
-mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000
+mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000, opened on the training runs (link printed)
+	@$(BIN)/python -c "import mlflow; e = mlflow.MlflowClient('sqlite:///mlflow.db').get_experiment_by_name('cvae_mnist'); \
+	print('The training runs: http://127.0.0.1:5000/#/experiments/' + (e.experiment_id + '/runs' if e else '') + '?workflowType=machine_learning')"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 tracking-server: install  ## an MLflow tracking server on http://127.0.0.1:5002 (kedro run --env server)

@@ -142,17 +142,22 @@ def test_a_model_made_elsewhere_is_not_scored_as_ours(project):
     ours, before = model.read_bytes(), metrics.read_text()
     # another architecture, saved over the model without the record of a run that made it
     CVAEDataset(filepath=str(model)).save(CVAE(ModelParams(architecture="report", latent_dim=8)))
+    record = model.with_name("cvae.pt.lineage.json")
+    kept = record.read_bytes()
     try:
         line = _one_error_line(_run(project, "--pipeline", "evaluation"))
         assert line == (
-            "Error: data/06_models/cvae.pt has no record of the run that made it "
-            "(data/06_models/cvae.pt.lineage.json is missing or describes another file): it was made "
-            "elsewhere or changed since, and could be any model or data. Rebuild it with "
-            "`kedro run --pipeline training --env test`."
+            "Error: data/06_models/cvae.pt is not the file a run of this project made (its bytes are "
+            "not those that data/06_models/cvae.pt.lineage.json records: it was damaged or replaced "
+            "since the run that made it). Rebuild it with `kedro run --pipeline training --env test`."
         )
+        record.unlink()  # and with no record at all
+        line = _one_error_line(_run(project, "--pipeline", "evaluation"))
+        assert "(there is no data/06_models/cvae.pt.lineage.json: it was made elsewhere" in line
         assert metrics.read_text() == before  # nothing scored, nothing overwritten
     finally:
         model.write_bytes(ours)
+        record.write_bytes(kept)
     assert _run(project, "--pipeline", "evaluation").returncode == 0  # its own model again
 
 

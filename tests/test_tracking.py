@@ -62,6 +62,9 @@ def test_runs_are_named_and_tagged_for_people_not_for_the_machine(project):
         assert tags["mlflow.source.git.commit"] == commit
         stored = json.dumps({k: v for k, v in tags.items() if k != "mlflow.source.name"})
         assert str(project) not in stored and " object at 0x" not in stored
+    # the experiment is marked as model training, so that MLflow's UI opens on its runs
+    experiment = _client(project).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_parameters_are_flattened_with_a_partial_mlflow_yml(project):

@@ -19,9 +19,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import pytest
 
-from mnist_fixtures import make_test_project, run_session
+from mnist_fixtures import make_test_project, run_session, tracking_uri
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (make install)")
@@ -118,3 +119,57 @@ def test_the_metrics_table_and_a_figure_are_previewed(page):
     image = panel.locator("img[src^='data:image/png;base64,']")
     image.first.wait_for(timeout=30_000)
     assert image.first.evaluate("img => img.naturalWidth") > 100
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(tmp_path_factory):
+    """``mlflow ui`` on a project's store after one tiny full run: (its URL, the run)."""
+    project = make_test_project(tmp_path_factory.mktemp("mlflow-ui"))
+    run_session(project)
+    store = tracking_uri(project)
+    (run,) = mlflow.MlflowClient(store).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(store).search_experiments() if e.name == "cvae_mnist"]
+    )
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store]
+        + ["--host", "127.0.0.1", "--port", str(port)],
+        cwd=project,
+        stdout=(project / "mlflow-ui.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url + "health", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log = (project / "mlflow-ui.log").read_text()[-3000:]
+                    pytest.fail(f"mlflow ui did not serve {url} (exit code {server.poll()}):\n{log}")
+                time.sleep(0.5)
+        yield url, run
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+
+
+def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs_and_their_metrics(mlflow_ui):
+    url, run = mlflow_ui
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        # the link `make mlflow-ui` prints: MLflow 3.17 opens its GenAI overview without it
+        page.goto(f"{url}#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning")
+        page.get_by_text(run.info.run_name, exact=True).first.wait_for(timeout=60_000)  # the runs, first
+        page.get_by_text(run.info.run_name, exact=True).first.click()
+        page.get_by_text("test.bce_per_image").first.wait_for(timeout=60_000)  # the run's metrics
+        if target := os.environ.get("CVAE_MLFLOW_SCREENSHOT"):
+            page.wait_for_timeout(2000)
+            page.screenshot(path=target)
+        browser.close()

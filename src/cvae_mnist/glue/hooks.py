@@ -191,10 +191,14 @@ class LineageHook:
             raise ModelFileError(f"{shown} does not exist. Run `{rebuild(name)}` first.")
         if unknown:
             name, shown = unknown[0]
+            why = (
+                f"its bytes are not those that {shown}{lineage.SUFFIX} records: it was damaged or "
+                "replaced since the run that made it"
+                if lineage.record_path(self._root / shown).exists()
+                else f"there is no {shown}{lineage.SUFFIX}: it was made elsewhere, and could be any model or data"
+            )
             raise RunConflictError(
-                f"{shown} has no record of the run that made it ({shown}{lineage.SUFFIX} is missing or "
-                f"describes another file): it was made elsewhere or changed since, and could be any "
-                f"model or data. Rebuild it with `{rebuild(name)}`."
+                f"{shown} is not the file a run of this project made ({why}). Rebuild it with `{rebuild(name)}`."
             )
         # a file made under other settings first: what made it stale is closest to the cause
         reasons = [lineage.changed_setting(found[n], self._records[n], parameters) for n in found]

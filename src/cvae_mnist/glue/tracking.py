@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 # environments that change only where runs are recorded, not the model: their full runs
 # register the champion
 DEFAULT_ENVS = (None, "local", "base", "server")
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 class MlflowTrackingHook(MlflowHook):
@@ -108,6 +109,11 @@ class MlflowTrackingHook(MlflowHook):
         if self.run_id is not None:
             commit = _git_commit(self._project)
             mlflow.set_tags({"mlflow.source.git.commit": commit} if commit else {})
+            # MLflow 3's UI opens an experiment of no kind on its GenAI overview (traces); this
+            # tag, the one its own kind selector sets, makes it open on the training runs
+            mlflow.MlflowClient().set_experiment_tag(
+                mlflow.active_run().info.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING
+            )
         for number in (signal.SIGINT, signal.SIGTERM):
             self._handlers[number] = signal.signal(number, _raise_interrupted)
 

@@ -318,3 +318,26 @@ def test_a_write_cleans_what_a_killed_writer_left_and_a_foreign_file_gets_plain_
     with pytest.raises(Exception) as error:
         CVAEDataset(filepath=str(target)).load()
     assert "weights_only" not in str(error.value) and "Delete it and produce it again" in str(error.value)
+
+
+def test_ctrl_c_outside_the_runs_handlers_ends_its_mlflow_run_killed_with_exit_130(tmp_path, capsys):
+    # as when Ctrl-C comes after the project's handlers are restored, at the very end of a run
+    from cvae_mnist.cli import _report_user_errors  # noqa: PLC0415
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+
+        def interrupted_at_the_end(**options):
+            mlflow.start_run()
+            raise KeyboardInterrupt
+
+        with pytest.raises(SystemExit) as stopped:
+            _report_user_errors(interrupted_at_the_end)()
+        assert stopped.value.code == 130 and mlflow.active_run() is None
+        (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        assert run.info.status == "KILLED"
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Error:")]
+        assert errors == [errors[0]] and errors[0].startswith("Error: Interrupted by SIGINT.")
+    finally:
+        mlflow.set_tracking_uri(previous)

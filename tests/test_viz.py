@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -42,38 +44,51 @@ def _free_port() -> int:
     raise RuntimeError("no free port found between 20000 and 49000")
 
 
+@contextmanager
+def _serving(command: list[str], cwd: Path, ready: str, log: Path) -> Iterator[None]:
+    """``command`` started in its own process group, until ``ready`` answers 200; stopped after."""
+    server = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # a web server may start children: stop the whole group
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(ready, timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(
+                        f"{command[0]} did not serve {ready} (exit code {server.poll()}):\n{log.read_text()[-3000:]}"
+                    )
+                time.sleep(0.5)
+        yield
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def viz_url(tmp_path_factory):
     project = make_test_project(tmp_path_factory.mktemp("viz"))
     run_session(project)  # previews read the files a run wrote
     port = _free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "kedro"), "viz", "run", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--no-browser", "--env", "test"],
-        cwd=project,
-        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"},
-        stdout=(project / "viz.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its web server is a child process: stop the whole group
-    )
+    command = [str(Path(sys.executable).parent / "kedro"), "viz", "run", "--host", "127.0.0.1"]
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "api/main", timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    log = (project / "viz.log").read_text()[-3000:]
-                    pytest.fail(f"kedro viz run did not serve {url} (exit code {server.poll()}):\n{log}")
-                time.sleep(0.5)
+    with _serving(
+        command + ["--port", str(port), "--no-browser", "--env", "test"],
+        project,
+        url + "api/main",
+        project / "viz.log",
+    ):
         yield url
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -131,32 +146,15 @@ def mlflow_ui(tmp_path_factory):
         [e.experiment_id for e in mlflow.MlflowClient(store).search_experiments() if e.name == "cvae_mnist"]
     )
     port = _free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store]
-        + ["--host", "127.0.0.1", "--port", str(port)],
-        cwd=project,
-        stdout=(project / "mlflow-ui.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    command = [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store]
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "health", timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    log = (project / "mlflow-ui.log").read_text()[-3000:]
-                    pytest.fail(f"mlflow ui did not serve {url} (exit code {server.poll()}):\n{log}")
-                time.sleep(0.5)
+    with _serving(
+        command + ["--host", "127.0.0.1", "--port", str(port)],
+        project,
+        url + "health",
+        project / "mlflow-ui.log",
+    ):
         yield url, run
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
 
 
 def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs_and_their_metrics(mlflow_ui):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -14,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+import mlflow
 import yaml
 from kedro.config import BadConfigException, MissingConfigException
 from kedro.framework.cli.project import run as kedro_run
 from kedro.io import DatasetError
 from kedro.validation import ParameterValidationError
+from mlflow.entities import RunStatus
 
 import cvae_mnist.pipelines
 from cvae_mnist.engine import distributed, worker
@@ -93,6 +96,12 @@ def _report_user_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
             with warnings.catch_warnings():  # `kedro run --pipeline X` is this project's documented form
                 warnings.filterwarnings("ignore", message="Option '--pipeline' is deprecated")
                 return callback(*args, **kwargs)
+        except KeyboardInterrupt:  # Ctrl-C outside the run's own handlers: at start-up, or at its end
+            if mlflow.active_run() is not None:  # a run that would otherwise stay RUNNING for ever
+                mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            interrupted = RunInterrupted(signal.SIGINT, "SIGINT")
+            click.echo(f"Error: {interrupted}", err=True)
+            raise SystemExit(interrupted.exit_code) from None
         except Exception as error:
             mistake = user_error(error)
             if mistake is None:

@@ -13,20 +13,16 @@ run, the model registered as ``cvae_generator`` with the alias ``champion`` that
 from __future__ import annotations
 
 import logging
-import os
 import re
 import signal
 import subprocess
 import time
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import requests
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Pipeline
@@ -34,13 +30,13 @@ from kedro.pipeline.node import Node
 from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
 from kedro_mlflow.framework.hooks import MlflowHook
 from mlflow.entities import RunStatus
-from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
 from cvae_mnist.engine import distributed
-from cvae_mnist.errors import ConfigurationError, RunInterrupted, find_user_error, redacted
+from cvae_mnist.errors import RunInterrupted, find_user_error, redacted
 from cvae_mnist.glue import lineage
 from cvae_mnist.glue.hooks import NodeTimingHook, local_file
+from cvae_mnist.glue.mlflow_store import check_server, check_store_location, with_the_projects_store
 from cvae_mnist.glue.serving import CHAMPION, MODEL_NAME
 
 logger = logging.getLogger(__name__)
@@ -68,7 +64,7 @@ class MlflowTrackingHook(MlflowHook):
             except MissingConfigException:
                 raw = {}
             # set on the loader (Kedro's documented override), so that kedro-mlflow reads it so
-            context.config_loader["mlflow"] = raw = _with_the_projects_store(raw, project)
+            context.config_loader["mlflow"] = raw = with_the_projects_store(raw, project)
             settings = KedroMlflowConfig.model_validate(raw).model_dump()
             try:
                 secrets = context.config_loader["credentials"].get(
@@ -212,104 +208,3 @@ def _git_commit(project: Path) -> str | None:
     except OSError:
         return None
     return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _with_the_projects_store(settings: dict[str, Any], project: Path) -> dict[str, Any]:
-    """``settings`` (of ``mlflow.yml``) with a relative SQLite store made the project's, wherever
-    the process started: a notebook's kernel starts in ``notebooks/``, where
-    ``sqlite:///mlflow.db`` would make a new, empty store. kedro-mlflow resolves a relative
-    file store against the project, not a SQLite one; this does the same for it."""
-    server = dict(settings.get("server") or {})
-    for field in ("mlflow_tracking_uri", "mlflow_registry_uri"):
-        uri = server.get(field) or ""
-        database = uri.removeprefix("sqlite:///")
-        if uri.startswith("sqlite:///") and not Path(database).is_absolute():
-            server[field] = f"sqlite:///{(project / database).resolve()}"
-    return {**settings, "server": server}
-
-
-def check_store_location(tracking_uri: str, experiment: str, project: Path) -> None:
-    """Refuse to run where the project's own SQLite store keeps the experiment's artifacts in
-    another folder's ``mlruns/``: a copied or moved project, whose runs MLflow would write
-    into the original's folder (it records artifact locations as absolute paths). Read-only,
-    through MLflow's client: the user's store is never rewritten."""
-    if not (tracking_uri or "").startswith("sqlite:///"):
-        return  # a server, or a store the user placed elsewhere on purpose
-    database = Path(tracking_uri.removeprefix("sqlite:///"))
-    database = database if database.is_absolute() else project / database
-    if not database.exists() or project.resolve() not in database.resolve().parents:
-        return
-    found = mlflow.MlflowClient(tracking_uri).get_experiment_by_name(experiment)
-    location = urllib.parse.urlparse(found.artifact_location).path if found else ""
-    ours = (project / "mlruns").resolve()
-    if not location or Path(location).resolve() == ours or ours in Path(location).resolve().parents:
-        return
-    raise ConfigurationError(
-        f"The MLflow experiment {experiment!r} in {database.name} keeps its artifacts in "
-        f"{location}, not in this project's mlruns/ (the project was copied or moved): "
-        "its runs would write there. Name a new experiment under tracking.experiment.name in "
-        "conf/local/mlflow.yml (the old runs stay), or move mlflow.db and mlruns/ aside to start a "
-        "new store. Nothing was run."
-    )
-
-
-def check_server(
-    uri: str, experiment: str, credentials: dict[str, str] | None = None, timeout: float = 10.0
-) -> None:
-    """Stop the run before any work if a tracking server cannot be reached or refuses the
-    credentials (MLflow itself would retry for minutes, then fail in the middle of the run).
-    The question is MLflow's client's own, with the credentials kedro-mlflow will export
-    (``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or ``TOKEN``), one try and ``timeout``.
-
-    Args:
-        uri: ``server.mlflow_tracking_uri``; anything but http(s) is left alone.
-        experiment: The experiment's name, looked up to try the credentials.
-        credentials: The ``credentials.yml`` entry named by ``server.credentials``.
-
-    Raises:
-        ConfigurationError: Naming the server (without its credentials) and what to do.
-    """
-    if not uri.startswith(("http://", "https://")):
-        return
-    shown = redacted(uri)
-    asked = {
-        **(credentials or {}),
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(round(timeout)),
-    }
-    try:
-        with _environment(asked):
-            mlflow.MlflowClient(uri).get_experiment_by_name(experiment)  # None: the run creates it
-    except MlflowException as error:
-        if isinstance(error.__context__, requests.RequestException):  # no answer at all
-            raise ConfigurationError(
-                f"The MLflow tracking server {shown} cannot be reached ({type(error.__context__).__name__}). "
-                "Start it (`make tracking-server` starts one on this machine), or point "
-                "server.mlflow_tracking_uri in conf/<env>/mlflow.yml at one that runs. Nothing was run."
-            ) from None
-        status = error.get_http_status_code()
-        if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
-            raise ConfigurationError(
-                f"The MLflow tracking server {shown} refused the credentials (HTTP {status}): set "
-                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
-                "credentials.yml entry that conf/<env>/mlflow.yml names under server.credentials."
-            ) from None
-        raise ConfigurationError(
-            f"The MLflow tracking server {shown} answered HTTP {status} ({error.error_code}): is it an "
-            "MLflow tracking server?"
-        ) from None
-
-
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """``os.environ`` with ``values`` set, restored after."""
-    before = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

@@ -92,19 +92,26 @@ def viz_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(viz_url):
+def browser():
+    """One Chromium for the module: Playwright's sync API runs one driver per thread."""
     with playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(
             executable_path=CHROMIUM,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        # no onboarding hints over the graph on a first visit
-        page.add_init_script('localStorage.setItem("KedroViz", JSON.stringify({"showFeatureHints": false}))')
-        page.goto(viz_url + VIEW)
-        page.locator(".pipeline-node").first.wait_for(timeout=60_000)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(viz_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    # no onboarding hints over the graph on a first visit
+    page.add_init_script('localStorage.setItem("KedroViz", JSON.stringify({"showFeatureHints": false}))')
+    page.goto(viz_url + VIEW)
+    page.locator(".pipeline-node").first.wait_for(timeout=60_000)
+    yield page
+    page.close()
 
 
 def _node(page, name: str):
@@ -157,17 +164,15 @@ def mlflow_ui(tmp_path_factory):
         yield url, run
 
 
-def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs_and_their_metrics(mlflow_ui):
+def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs_and_their_metrics(mlflow_ui, browser):
     url, run = mlflow_ui
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        # the link `make mlflow-ui` prints: MLflow 3.17 opens its GenAI overview without it
-        page.goto(f"{url}#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning")
-        page.get_by_text(run.info.run_name, exact=True).first.wait_for(timeout=60_000)  # the runs, first
-        page.get_by_text(run.info.run_name, exact=True).first.click()
-        page.get_by_text("test.bce_per_image").first.wait_for(timeout=60_000)  # the run's metrics
-        if target := os.environ.get("CVAE_MLFLOW_SCREENSHOT"):
-            page.wait_for_timeout(2000)
-            page.screenshot(path=target)
-        browser.close()
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    # the link `make mlflow-ui` prints: MLflow 3.17 opens its GenAI overview without it
+    page.goto(f"{url}#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning")
+    page.get_by_text(run.info.run_name, exact=True).first.wait_for(timeout=60_000)  # the runs, first
+    page.get_by_text(run.info.run_name, exact=True).first.click()
+    page.get_by_text("test.bce_per_image").first.wait_for(timeout=60_000)  # the run's metrics
+    if target := os.environ.get("CVAE_MLFLOW_SCREENSHOT"):
+        page.wait_for_timeout(2000)
+        page.screenshot(path=target)
+    page.close()

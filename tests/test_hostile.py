@@ -327,15 +327,16 @@ def test_ctrl_c_outside_the_runs_handlers_ends_its_mlflow_run_killed_with_exit_1
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
+        experiment = mlflow.MlflowClient().create_experiment("interrupted")  # not the process's active one
 
         def interrupted_at_the_end(**options):
-            mlflow.start_run()
+            mlflow.start_run(experiment_id=experiment)
             raise KeyboardInterrupt
 
         with pytest.raises(SystemExit) as stopped:
             _report_user_errors(interrupted_at_the_end)()
         assert stopped.value.code == 130 and mlflow.active_run() is None
-        (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        (run,) = mlflow.search_runs([experiment], output_format="list")
         assert run.info.status == "KILLED"
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Error:")]
         assert errors == [errors[0]] and errors[0].startswith("Error: Interrupted by SIGINT.")

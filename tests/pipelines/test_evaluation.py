@@ -185,3 +185,15 @@ def test_nearest_train_ratio_tells_copies_of_training_digits_from_new_ones(model
     assert ratio(copies) == 0.0  # training digits given back
     assert ratio(test["images"][:40]) == pytest.approx(1.0, abs=0.35)  # unseen real digits
     assert ratio(copies + 0.2 * torch.rand(copies.shape, generator=torch.Generator().manual_seed(0))) > 0
+
+
+def test_the_generated_digits_figure_names_the_prior_they_come_from(model):
+    from cvae_mnist.params import PriorParams  # noqa: PLC0415
+    from cvae_mnist.pipelines.reporting.nodes import plot_generated_digits  # noqa: PLC0415
+
+    params = EVALUATION.model_copy(update={"generated_per_class": 2})
+    (axis,) = plot_generated_digits(model, params, seed=0).axes
+    assert "(standard_normal)" in axis.get_title()
+    blended = model.with_prior(PriorParams(kind="mixture", components=1, pseudo_inputs=3))
+    (axis,) = plot_generated_digits(blended, params, seed=0).axes
+    assert "(mixture + 3 pseudo-inputs per class)" in axis.get_title()

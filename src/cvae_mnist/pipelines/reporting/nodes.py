@@ -64,9 +64,9 @@ def plot_generated_digits(cvae_model: CVAE, evaluation: EvaluationParams, seed: 
     columns = evaluation.generated_per_class
     labels = torch.arange(cvae_model.config.num_classes).repeat_interleave(columns)
     images = generate(cvae_model, labels, seed, select_device(evaluation.device))
-    return digit_grid_figure(
-        images, columns, f"generated from the prior ({cvae_model.prior_config.kind}); row = requested digit"
-    )
+    prior = cvae_model.prior_config
+    kind = prior.kind + (f" + {prior.pseudo_inputs} pseudo-inputs per class" if prior.pseudo_inputs else "")
+    return digit_grid_figure(images, columns, f"generated from the prior ({kind}); row = requested digit")
 
 
 def plot_latent_interpolation(cvae_model: CVAE, mnist_test: Split, evaluation: EvaluationParams) -> Figure:

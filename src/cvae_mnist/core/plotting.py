@@ -31,3 +31,15 @@ def digit_grid_figure(images: torch.Tensor, columns: int, title: str) -> Figure:
     figure, axis = figure_with_axes(figsize=(columns * 0.7 + 0.4, rows * 0.7 + 0.6))
     show_grid(axis, images, columns, title)
     return figure
+
+
+def name_columns(figure: Figure, names: list[str], size: int) -> None:
+    """Name each column of a :func:`digit_grid_figure` of ``size``-pixel digits below it."""
+    (axis,) = figure.axes
+    axis.axis("on")
+    # make_grid puts 2 pixels of padding before each image
+    axis.set_xticks([2 + (size + 2) * c + size / 2 for c in range(len(names))], names)
+    axis.set_yticks([])
+    axis.tick_params(length=0)
+    for spine in axis.spines.values():
+        spine.set_visible(False)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,72 +182,89 @@ def train_rank(
     deterministic_algorithms(device, training.deterministic)
     model = CVAE(model_params).to(device)
     fast = training.fast_path == "auto"
-    with accelerated(model, device) if fast else nullcontext():
-        network: nn.Module = model
-        if training.adversary_weight > 0 or training.swap_weight > 0:  # trained beside it, not saved
-            network = LabelAidedCVAE(
-                model, training.adversary_weight, training.swap_weight, training.swap_fraction, world=world
-            ).to(device)
-        synced_norm = world.size > 1 and device.type == "cuda"
-        if world.size > 1:
-            if (
-                synced_norm
-            ):  # one set of batch statistics over the global batch (it swaps the layers in place)
-                network = nn.SyncBatchNorm.convert_sync_batchnorm(network, distributed.training_group())
-            network = DistributedDataParallel(
-                network,
-                device_ids=[device.index] if device.type == "cuda" else None,
-                process_group=distributed.training_group(),
-            )
+    with accelerated(model, device) if fast else nullcontext(), _peer_failures_named(world):
         steps = steps_per_epoch(len(train["labels"]), training.batch_size, world)
-        trainer = cvae_trainer(network, training, device, steps, world)
-        if world.main:
-            logger.info(
-                "Training on %s (%d threads, autocast %s, fast path %s, compile %s)%s",
-                device,
-                torch.get_num_threads(),
-                trainer.autocast_dtype,
-                "on" if fast and device.type == "cpu" else "off",
-                training.compile,
-                f"; {world.size} processes of {training.batch_size} images per batch, learning rate "
-                f"{trainer.lr:g} ({training.lr_scaling} scaling)"
-                if world.size > 1
-                else "",
-            )
-        logger.log(
-            logging.INFO if world.size > 1 else logging.DEBUG,
+        trainer = cvae_trainer(_network(model, training, device, world), training, device, steps, world)
+        _log_setup(trainer, training, device, world, fast and device.type == "cpu")
+        history = fit(
+            trainer,
+            {key: value.to(device) for key, value in train.items()},
+            {key: value.to(device) for key, value in test.items()},
+            epochs=training.epochs,
+            batch_size=training.batch_size,
+            test_batch_size=training.test_batch_size,
+            generator=generator,
+            checkpoint=checkpoint,
+            resume=training.resume,
+            settings=resume_settings(model_params, training, seed, world),
+        )
+    if world.size > 1 and device.type == "cuda":  # SyncBatchNorm back to BatchNorm2d
+        plain = CVAE(model_params)
+        plain.load_state_dict(model.state_dict())
+        model = plain
+    return model.cpu(), history
+
+
+def _network(model: CVAE, training: TrainingParams, device: torch.device, world: World) -> nn.Module:
+    """What the optimizer trains: the CVAE, with the label aids beside it (not saved), under
+    DDP on several processes."""
+    network: nn.Module = model
+    if training.adversary_weight > 0 or training.swap_weight > 0:
+        network = LabelAidedCVAE(
+            model, training.adversary_weight, training.swap_weight, training.swap_fraction, world=world
+        ).to(device)
+    if world.size == 1:
+        return network
+    if device.type == "cuda":  # one set of batch statistics over the global batch (swaps layers in place)
+        network = nn.SyncBatchNorm.convert_sync_batchnorm(network, distributed.training_group())
+    return DistributedDataParallel(
+        network,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        process_group=distributed.training_group(),
+    )
+
+
+def _log_setup(
+    trainer: Trainer, training: TrainingParams, device: torch.device, world: World, fast: bool
+) -> None:
+    if world.main:
+        shared = (
+            f"; {world.size} processes of {training.batch_size} images per batch, learning rate "
+            f"{trainer.lr:g} ({training.lr_scaling} scaling)"
+        )
+        logger.info(
+            "Training on %s (%d threads, autocast %s, fast path %s, compile %s)%s",
+            device,
+            torch.get_num_threads(),
+            trainer.autocast_dtype,
+            "on" if fast else "off",
+            training.compile,
+            shared if world.size > 1 else "",
+        )
+    if world.size > 1:
+        logger.info(
             "rank %d of %d trains on %d of every %d images of each global batch",
             world.rank,
             world.size,
             training.batch_size,
             training.batch_size * world.size,
         )
-        try:
-            history = fit(
-                trainer,
-                {key: value.to(device) for key, value in train.items()},
-                {key: value.to(device) for key, value in test.items()},
-                epochs=training.epochs,
-                batch_size=training.batch_size,
-                test_batch_size=training.test_batch_size,
-                generator=generator,
-                checkpoint=checkpoint,
-                resume=training.resume,
-                settings=resume_settings(model_params, training, seed, world),
-            )
-        except RuntimeError as error:  # gloo and NCCL report a peer that died or went silent so
-            if world.size == 1 or isinstance(error, CvaeMnistError) or not _peer_failure(error):
-                raise
-            raise DistributedError(
-                f"Training stopped on rank {world.rank} of {world.size}: another process of this torchrun "
-                f"job stopped or stopped answering ({str(error).splitlines()[0]}). torchrun's summary "
-                "names the process that failed; the checkpoint of the last complete epoch is kept."
-            ) from None
-    if synced_norm:  # SyncBatchNorm back to BatchNorm2d
-        plain = CVAE(model_params)
-        plain.load_state_dict(model.state_dict())
-        model = plain
-    return model.cpu(), history
+
+
+@contextmanager
+def _peer_failures_named(world: World) -> Iterator[None]:
+    """gloo and NCCL report a peer that died or went silent as a RuntimeError of their own:
+    say which in one line (torchrun's summary names the process)."""
+    try:
+        yield
+    except RuntimeError as error:
+        if world.size == 1 or isinstance(error, CvaeMnistError) or not _peer_failure(error):
+            raise
+        raise DistributedError(
+            f"Training stopped on rank {world.rank} of {world.size}: another process of this torchrun "
+            f"job stopped or stopped answering ({str(error).splitlines()[0]}). torchrun's summary "
+            "names the process that failed; the checkpoint of the last complete epoch is kept."
+        ) from None
 
 
 def _peer_failure(error: RuntimeError) -> bool:

@@ -115,30 +115,26 @@ def get_digit_classifier(
     data_ingestion: IngestionParams,
     evaluation: EvaluationParams,
 ) -> dict[str, Any]:
-    """The digit classifier: the saved one if it was trained with these parameters on as
-    many training images, else a new one. Only a classifier trained on all the training
-    images is saved for the next runs: it is the judge that every run shares.
+    """The judge of generated digits: the saved one if trained with these parameters on as
+    many images on this device type (GPU and CPU judges differ in their last digits), else a
+    new one, saved only if it learned from all training images: trained once (50 s on a CPU)
+    and shared by every run, not retrained in each.
 
     Args:
         digit_classifier: Where the classifier is kept.
-        mnist_train: Training set it learns from.
-        mnist_test: Test set it is scored on.
+        mnist_train, mnist_test: The sets it learns from and is scored on.
         classifier: The ``classifier`` parameters, with its own seed.
         data_ingestion: The ``data_ingestion`` parameters: the full data or a subset.
-        evaluation: The ``evaluation`` parameters: the device it trains on (a judge trained
-            on a GPU differs in its last digits from one trained on the CPU, so each
-            device type keeps its own).
+        evaluation: The ``evaluation`` parameters: the device it trains on.
 
     Returns:
         ``{"config", "state_dict", "test_accuracy"}``.
     """
     device = select_device(evaluation.device)
     config = {**classifier.model_dump(), "n_train": len(mnist_train["labels"]), "device": device.type}
-    if digit_classifier.exists():
-        saved = digit_classifier.read()
-        if saved.get("config") == config:
-            logger.info("Reusing the digit classifier in %s", digit_classifier.filepath)
-            return saved
+    if digit_classifier.exists() and (saved := digit_classifier.read()).get("config") == config:
+        logger.info("Reusing the digit classifier in %s", digit_classifier.filepath)
+        return saved
     model = train_classifier(mnist_train, classifier, device)
     predicted, _ = predict(model, mnist_test["images"], device=device)
     accuracy = float((predicted == mnist_test["labels"]).float().mean())
@@ -148,10 +144,7 @@ def get_digit_classifier(
         digit_classifier.write(saved)
     else:
         logger.warning(
-            "This digit classifier learned from %d images (data_ingestion.n_train), not all: it judges "
-            "this run only and is not saved to %s",
-            len(mnist_train["labels"]),
-            digit_classifier.filepath,
+            "This digit classifier learned from a subset (data_ingestion.n_train): it is not saved"
         )
     return saved
 
@@ -164,10 +157,8 @@ def evaluate_generation(
     evaluation: EvaluationParams,
     seed: int,
 ) -> pd.DataFrame:
-    """How well the model generates the digit asked for, and how real its digits look.
-
-    ``samples_per_class`` digits per class are generated through ``inference.generate``
-    (the path every generator in the project takes) and judged by the digit classifier.
+    """How well the model generates the digit asked for, and how real its digits look:
+    ``samples_per_class`` digits per class, from ``inference.generate`` (as every generator).
 
     Args:
         cvae_model: The trained model.
@@ -178,13 +169,11 @@ def evaluate_generation(
         seed: Seed of the latent samples.
 
     Returns:
-        One row: ``cond_accuracy`` (share classified as the requested digit), ``fid``
-        (Fréchet distance of the classifier's features, generated vs test images),
-        ``fid_reference`` (the same, training vs test images: the floor),
-        ``classifier_accuracy`` (the classifier's test-set accuracy) and
-        ``nearest_train_ratio``: the median distance from generated digits to their nearest
-        training digit over the same for test digits (1: as new as unseen real digits;
-        near 0: copies of training digits, which ``fid`` does not see).
+        One row: ``cond_accuracy`` (share classified as the requested digit), ``fid`` and
+        ``fid_reference`` (Fréchet distance of the classifier's features, generated or
+        training vs test images; the latter is the floor), ``classifier_accuracy`` and
+        ``nearest_train_ratio`` (generated digits' median distance to their nearest training
+        digit over the same for test digits; near 0: copies, which ``fid`` does not see).
     """
     judge, device = _judge(trained_digit_classifier), select_device(evaluation.device)
     requested = torch.arange(cvae_model.config.num_classes).repeat_interleave(evaluation.samples_per_class)

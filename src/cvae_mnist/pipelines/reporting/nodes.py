@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from cvae_mnist.core.inference import decode, encode, generate
 from cvae_mnist.core.model import CVAE
-from cvae_mnist.core.plotting import digit_grid_figure, figure_with_axes, show_grid
+from cvae_mnist.core.plotting import digit_grid_figure, figure_with_axes, name_columns, show_grid
 from cvae_mnist.core.runtime import select_device
 from cvae_mnist.core.schema import History, Split
 from cvae_mnist.params import DIGITS, EvaluationParams
@@ -136,15 +136,7 @@ def plot_label_swap(
         "a test digit, then its code decoded under each label\n"
         f"(over the test set, {accuracy:.1%} of swapped decodes are read as the new label)",
     )
-    (axis,) = figure.axes
-    size = images.shape[-1]
-    axis.axis("on")
-    # make_grid puts 2 pixels of padding before each image
-    axis.set_xticks([2 + (size + 2) * c + size / 2 for c in range(k + 1)], ["test", *map(str, range(k))])
-    axis.set_yticks([])
-    axis.tick_params(length=0)
-    for spine in axis.spines.values():
-        spine.set_visible(False)
+    name_columns(figure, ["test", *map(str, range(k))], images.shape[-1])
     return figure
 
 

@@ -15,12 +15,14 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from kedro.framework.startup import bootstrap_project
 
 from cvae_mnist.cli import cli
 from cvae_mnist.core.model import CVAE
-from cvae_mnist.datasets import CVAEDataset
+from cvae_mnist.datasets import CVAEDataset, torch_dataset
+from cvae_mnist.glue.hooks import lock_paths
 from cvae_mnist.glue.saving import write_tensors
 from cvae_mnist.params import ModelParams
 from mnist_fixtures import BIN, CHILD_ENV, make_test_project, run_program, run_session, tracking_uri
@@ -71,7 +73,7 @@ def test_a_second_run_into_the_same_folders_stops_at_once_and_the_first_finishes
         stderr=subprocess.PIPE,
         text=True,
     )
-    holder = project / "data" / "06_models" / ".kedro-run.holder"
+    _, holder = lock_paths(project / "data" / "06_models")
     deadline = time.monotonic() + 120
     while (
         not (holder.exists() and f"pid {first.pid}," in holder.read_text())
@@ -81,19 +83,23 @@ def test_a_second_run_into_the_same_folders_stops_at_once_and_the_first_finishes
         time.sleep(0.05)
     second = _run(project, "--params", "seed=2")
     line = _one_error_line(second)
-    assert "Another kedro run (pid " in line and "is writing into" in line, line
+    assert "Another kedro run (pid " in line and "is using" in line, line
+    # nor may another run rewrite the inputs the first one reads
+    ingestion = _one_error_line(_run(project, "--pipeline", "data_ingestion"))
+    assert f"is using {project / 'data' / '05_model_input'}" in ingestion, ingestion
     _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-3000:]
     (run,) = _runs(project)  # the refused run left no MLflow run
     assert run.data.params["seed"] == "1" and run.info.status == "FINISHED"
     assert not holder.exists()  # released, and no holder named any more
+    assert not [path for path in (project / "data").rglob("*") if "lock" in path.name]  # none in sight
 
 
 def test_the_evaluation_scores_the_model_object_its_own_run_trained(tmp_path, monkeypatch):
     project = make_test_project(tmp_path)
     loads = []
-    load = CVAEDataset.load
-    monkeypatch.setattr(CVAEDataset, "load", lambda self: loads.append(self) or load(self))
+    read = torch_dataset.from_checkpoint
+    monkeypatch.setattr(torch_dataset, "from_checkpoint", lambda *args: loads.append(args) or read(*args))
     run_session(project)
     assert (project / "data" / "08_reporting" / "metrics.csv").exists()
     assert loads == []  # every node after training used the model in memory, never a re-read of cvae.pt
@@ -213,6 +219,7 @@ def _cli(project: Path, monkeypatch, *args: str):
             "Error: There is no pipeline 'nosuch'; the pipelines are: data_ingestion, evaluation,",
         ),
         (["--env", "nosuch"], "Error: There is no environment 'nosuch' ("),
+        (["--params", "seed='1"], 'Error: --params "seed=\'1" cannot be read (while scanning a quoted'),
     ],
 )
 def test_a_pipeline_or_environment_that_does_not_exist(project, monkeypatch, args, message):
@@ -227,6 +234,16 @@ def test_a_pipeline_or_environment_that_does_not_exist(project, monkeypatch, arg
         # a section that is not a mapping, in a second parameters file
         ("parameters_more.yml", "training: 5\n", "Error: Parameter training = 5 is invalid"),
         ("parameters_more.yml", "training:\n", "Error: Parameter training is empty: it must be a mapping"),
+        (
+            "parameters_more.yml",
+            "- 1\n- 2\n",
+            "Error: conf/test/parameters_more.yml holds a list: a parameters",
+        ),
+        (
+            "mlflow_more.yml",
+            "tracking:\n  experimnt:\n    name: x\n",
+            "is not a valid kedro-mlflow configuration: tracking.experimnt: unknown key.",
+        ),
         (
             "catalog_more.yml",
             "metrics:\n  typo: pandas.CSVDataset\n",
@@ -248,6 +265,27 @@ def test_a_configuration_file_kedro_cannot_use_is_one_line(project, monkeypatch,
         extra.unlink()
     assert result.exit_code == 1 and message in result.output, result.output[-3000:]
     assert "Traceback" not in result.output and result.output.strip().splitlines()[-1].startswith("Error:")
+
+
+@pytest.mark.parametrize("damage", ["not a database", "read-only"])
+def test_an_mlflow_store_that_cannot_be_used_is_one_line(project, tmp_path, damage):
+    store = tmp_path / "mlflow.db"
+    if damage == "not a database":
+        store.write_bytes(os.urandom(5000))
+    else:
+        mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}").search_experiments()  # a valid store
+        undo = _unwritable(store)
+    settings = project / "conf" / "test" / "mlflow.yml"
+    kept = settings.read_text()
+    settings.write_text(yaml.safe_dump({"server": {"mlflow_tracking_uri": f"sqlite:///{store}"}}))
+    try:
+        line = _one_error_line(_run(project, "--pipeline", "data_ingestion"))
+    finally:
+        settings.write_text(kept)
+        if damage == "read-only":
+            subprocess.run(undo, check=True)
+    cause = "file is not a database" if damage == "not a database" else "attempt to write a readonly database"
+    assert line.startswith(f"Error: The MLflow store sqlite:///{store} cannot be used ({cause}): "), line
 
 
 def _unwritable(folder: Path) -> list[str]:

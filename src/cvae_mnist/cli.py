@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 import mlflow
+import sqlalchemy.exc
 import yaml
 from kedro.config import BadConfigException, MissingConfigException
 from kedro.framework.cli.project import run as kedro_run
@@ -31,6 +32,7 @@ from cvae_mnist.errors import (
     ParameterError,
     RunInterrupted,
     find_user_error,
+    redacted,
 )
 
 
@@ -47,6 +49,12 @@ def user_error(error: BaseException) -> CvaeMnistError | None:
         )
         if config_mistake:
             return ConfigurationError(" ".join(str(cause).split()))
+        if isinstance(cause, sqlalchemy.exc.DatabaseError):  # MLflow's SQL store: damaged, read-only, locked
+            return ConfigurationError(
+                f"The MLflow store {redacted(mlflow.get_tracking_uri())} cannot be used ({cause.orig}): "
+                "make it a database this user can write, or set another mlflow_tracking_uri in "
+                "conf/<env>/mlflow.yml."
+            )
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     return find_user_error(error)
@@ -119,8 +127,30 @@ def cli() -> None:
     """Commands of the cvae-mnist project."""
 
 
+def _one_line_option_errors(option: click.Parameter) -> click.Parameter:
+    """A copy of one of ``kedro run``'s options whose value Kedro parses (``--params`` with
+    OmegaConf's grammar), which names a value it cannot parse in one line."""
+    option, parse = copy.copy(option), option.callback
+    if parse is not None:
+
+        def checked(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+            try:
+                return parse(ctx, param, value)
+            except click.ClickException:
+                raise
+            except Exception as error:  # noqa: BLE001 - the parser's grammar errors, whatever their class
+                raise click.ClickException(
+                    f"--{param.name} {value!r} cannot be read ({' '.join(str(error).split())}); write "
+                    "key=value pairs separated by commas, e.g. --params training.epochs=2,seed=3."
+                ) from None
+
+        option.callback = checked
+    return option
+
+
 run = copy.copy(kedro_run)
 run.callback = _report_user_errors(kedro_run.callback)
+run.params = [_one_line_option_errors(option) for option in kedro_run.params]
 cli.add_command(run, "run")
 
 

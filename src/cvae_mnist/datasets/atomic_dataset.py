@@ -49,6 +49,11 @@ class AtomicDataset(AbstractDataset[Any, Any]):
         if wrapped_preview is not None:
             self.preview = wrapped_preview
 
+    @property
+    def filepath(self) -> str:
+        """The local file (the project's hooks record and lock it)."""
+        return str(self._filepath)
+
     def _dataset_at(self, path: str | Path) -> AbstractDataset:
         dataset_class, arguments = parse_dataset_definition({**self._dataset_config, "filepath": str(path)})
         return dataset_class(**arguments)

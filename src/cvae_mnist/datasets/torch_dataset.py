@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -46,6 +48,11 @@ class TorchDataset(AbstractDataset[Any, Any]):
         self._missing_hint = missing_hint
         self.metadata = metadata
 
+    @property
+    def filepath(self) -> str:
+        """The local file (the project's hooks record and lock it)."""
+        return str(self._filepath)
+
     def load(self) -> Any:
         return read_tensors(self._filepath, self._missing_hint)
 
@@ -62,7 +69,9 @@ class TorchDataset(AbstractDataset[Any, Any]):
 class CVAEDataset(TorchDataset):
     """A trained :class:`~cvae_mnist.core.model.CVAE`: ``save`` takes the model, ``load`` returns it
     ready to use, rebuilt from its saved parameters and weights (read with
-    ``weights_only=True``, so the file cannot run code).
+    ``weights_only=True``, so the file cannot run code). While the file stays as this
+    dataset last saved or read it, ``load`` returns a copy of that model instead of reading
+    it again (what ``kedro.io.CachedDataset`` does, without hiding the file behind it).
 
     .. code-block:: yaml
 
@@ -71,11 +80,21 @@ class CVAEDataset(TorchDataset):
           filepath: data/06_models/cvae.pt
     """
 
+    _kept: tuple[tuple[int, int], CVAE] | None = None  # (the file's mtime and size, its model)
+
+    def _stamp(self) -> tuple[int, int]:
+        stat = os.stat(self.filepath)
+        return stat.st_mtime_ns, stat.st_size
+
     def load(self) -> CVAE:  # type: ignore[override]
-        return from_checkpoint(super().load(), str(self._filepath))
+        if self._kept is None or not self._exists() or self._kept[0] != self._stamp():
+            model = from_checkpoint(super().load(), self.filepath)
+            self._kept = self._stamp(), model
+        return copy.deepcopy(self._kept[1])
 
     def save(self, data: CVAE) -> None:
         super().save(to_checkpoint(data))
+        self._kept = self._stamp(), copy.deepcopy(data)
 
 
 class CheckpointFile:
@@ -84,10 +103,7 @@ class CheckpointFile:
 
     def __init__(self, dataset: TorchDataset) -> None:
         self._dataset = dataset
-
-    @property
-    def filepath(self) -> str:
-        return str(self._dataset._filepath)
+        self.filepath = dataset.filepath
 
     def exists(self) -> bool:
         return self._dataset.exists()
@@ -115,7 +131,7 @@ class CheckpointDataset(TorchDataset):
     """
 
     def load(self) -> CheckpointFile:  # type: ignore[override]
-        return CheckpointFile(TorchDataset(filepath=str(self._filepath), missing_hint=self._missing_hint))
+        return CheckpointFile(TorchDataset(filepath=self.filepath, missing_hint=self._missing_hint))
 
     def save(self, data: Any) -> None:
         raise DatasetError("CheckpointDataset is written by the training node through its CheckpointFile.")

@@ -4,6 +4,7 @@ record of what made each file, and the wall time of each node. MLflow tracking i
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
@@ -17,7 +18,6 @@ import torch
 import yaml
 from filelock import FileLock, Timeout
 from kedro.framework.hooks import hook_impl
-from kedro.io import CachedDataset
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 from pydantic import ValidationError
@@ -30,17 +30,26 @@ from cvae_mnist.glue.saving import write_error
 from cvae_mnist.params import ProjectParameters
 
 logger = logging.getLogger(__name__)
-HOLDER = ".kedro-run.holder"  # beside each held lock: which run holds it
 
 
-def local_file(dataset: Any) -> Path | None:
-    """The file a dataset reads and writes, or None (memory, folders, checkpoint handles)."""
-    if isinstance(dataset, CachedDataset):
-        dataset = dataset._dataset
-    if isinstance(dataset, CheckpointDataset):  # a handle the node reads and writes itself
+def lock_paths(folder: Path) -> tuple[Path, Path]:
+    """The run lock of a data folder and the file naming its holder. They live in this user's
+    temporary folder, out of sight: a lock file lying in the data folder would invite its
+    deletion, which would let a second run in."""
+    home = Path(tempfile.gettempdir()) / f"cvae-mnist-locks-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    home.mkdir(mode=0o700, exist_ok=True)
+    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:24]
+    return home / f"{key}.lock", home / f"{key}.holder"
+
+
+def local_file(dataset: Any, *, handles: bool = False) -> Path | None:
+    """The file a dataset of this project reads and writes (its public ``filepath``), or None
+    (memory, MLflow, folders; a checkpoint handle, which its node reads and writes itself,
+    unless ``handles``)."""
+    if isinstance(dataset, CheckpointDataset) and not handles:
         return None
-    filepath = getattr(dataset, "_filepath", None)
-    return Path(str(filepath)) if filepath else None
+    filepath = getattr(dataset, "filepath", None)
+    return Path(filepath) if filepath else None
 
 
 def _check_sections_are_mappings(context: Any) -> None:
@@ -58,7 +67,12 @@ def _check_sections_are_mappings(context: Any) -> None:
                 sections = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError:
                 continue  # Kedro's own loader names the line
-            for name, value in sections.items() if isinstance(sections, dict) else ():
+            if not isinstance(sections, dict):
+                raise ParameterError(
+                    f"{path.relative_to(conf.parent)} holds a {type(sections).__name__}: a parameters file must be a mapping "
+                    "of names to values, such as `training: {epochs: 2}`."
+                )
+            for name, value in sections.items():
                 if name in ProjectParameters.model_fields and name != "seed" and not isinstance(value, dict):
                     state = "is empty" if value is None else f"= {value!r} is invalid"
                     raise ParameterError(
@@ -97,10 +111,10 @@ class ParametersHook:
 
 
 class RunLockHook:
-    """One run at a time writes into a folder: a second run that would write where another
-    is writing stops at once with a message naming it (``filelock``: an OS lock on Linux,
+    """One run at a time reads or writes a folder: a second run that would use a folder
+    another run is using stops at once with a message naming it (``filelock``: an OS lock on Linux,
     macOS and Windows alike, which the OS releases when the process ends, however it ends).
-    The holder is named in a file beside the lock while it holds it."""
+    The holder is named in a file beside the lock while it holds it (:func:`lock_paths`)."""
 
     def __init__(self) -> None:
         self._held: list[tuple[FileLock, Path]] = []
@@ -114,15 +128,16 @@ class RunLockHook:
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
         self.release()
-        names = pipeline.all_outputs() | {
-            n for n in pipeline.inputs() if isinstance(catalog.get(n), CheckpointDataset)
-        }
-        folders = sorted({path.parent for name in names if (path := _writes(catalog.get(name))) is not None})
+        # the folders it writes, and those it reads (another run must not rewrite an input
+        # midway); the raw MNIST files, which no run rewrites, have no ``filepath``
+        paths = (local_file(catalog.get(name), handles=True) for name in pipeline.datasets())
+        folders = sorted({path.parent for path in paths if path is not None})
         for folder in folders:
             try:  # a folder the run cannot write into stops it here, before any work
                 folder.mkdir(parents=True, exist_ok=True)
                 tempfile.TemporaryFile(dir=folder).close()
-                lock, holder = FileLock(folder / ".kedro-run.lock", timeout=0), folder / HOLDER
+                lock_file, holder = lock_paths(folder)
+                lock = FileLock(lock_file, timeout=0)
                 lock.acquire()
             except Timeout:
                 try:
@@ -131,7 +146,7 @@ class RunLockHook:
                     named = ""
                 self.release()
                 raise RunConflictError(
-                    f"Another kedro run ({named or 'another process'}) is writing into {folder}: wait for "
+                    f"Another kedro run ({named or 'another process'}) is using {folder}: wait for "
                     "it to finish, or run in an environment whose folders are its own (see conf/*/globals.yml)."
                 ) from None
             except OSError as error:
@@ -149,12 +164,6 @@ class RunLockHook:
     @hook_impl
     def on_pipeline_error(self) -> None:
         self.release()
-
-
-def _writes(dataset: Any) -> Path | None:
-    if isinstance(dataset, CheckpointDataset):
-        return Path(str(dataset._filepath))
-    return local_file(dataset)
 
 
 class LineageHook:

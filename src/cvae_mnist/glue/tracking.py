@@ -30,10 +30,10 @@ from kedro.pipeline.node import Node
 from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
 from kedro_mlflow.framework.hooks import MlflowHook
 from mlflow.entities import RunStatus
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from cvae_mnist.engine import distributed
-from cvae_mnist.errors import RunInterrupted, find_user_error, redacted
+from cvae_mnist.errors import ConfigurationError, RunInterrupted, find_user_error, redacted
 from cvae_mnist.glue import lineage
 from cvae_mnist.glue.hooks import NodeTimingHook, local_file
 from cvae_mnist.glue.mlflow_store import check_server, check_store_location, with_the_projects_store
@@ -45,6 +45,14 @@ logger = logging.getLogger(__name__)
 # register the champion
 DEFAULT_ENVS = (None, "local", "base", "server")
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+def _problems(error: ValidationError) -> str:
+    """Each key Pydantic refused, and why, from its structured errors."""
+    return "; ".join(
+        f"{'.'.join(map(str, item['loc']))}: {'unknown key' if item['type'] == 'extra_forbidden' else item['msg']}"
+        for item in error.errors()
+    )
 
 
 class MlflowTrackingHook(MlflowHook):
@@ -65,7 +73,14 @@ class MlflowTrackingHook(MlflowHook):
                 raw = {}
             # set on the loader (Kedro's documented override), so that kedro-mlflow reads it so
             context.config_loader["mlflow"] = raw = with_the_projects_store(raw, project)
-            settings = KedroMlflowConfig.model_validate(raw).model_dump()
+            try:
+                settings = KedroMlflowConfig.model_validate(raw).model_dump()
+            except ValidationError as error:  # kedro-mlflow's own model of mlflow.yml
+                raise ConfigurationError(
+                    f"conf/{context.env or 'local'}/mlflow.yml (or conf/base/mlflow.yml) is not a "
+                    f"valid kedro-mlflow configuration: {_problems(error)}."
+                ) from None
+            mlflow.set_tracking_uri(settings["server"]["mlflow_tracking_uri"])  # named in any error
             try:
                 secrets = context.config_loader["credentials"].get(
                     settings["server"]["credentials"] or "", {}

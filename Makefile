@@ -50,10 +50,9 @@ tracking-server: install  ## an MLflow tracking server on http://127.0.0.1:5002 
 
 # where `make serve` finds the champion: the project's store, or a server's URL
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
-serve: install  ## serve the registered champion on http://127.0.0.1:5001 (or MODEL=models:/<id>)
-	export PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI="$(MLFLOW_TRACKING_URI)"; \
-	model="$${MODEL:-$$(python -m cvae_mnist.glue.serving)}" && \
-	mlflow models serve -m "$$model" --env-manager local --host 127.0.0.1 --port 5001
+PORT ?= 5001
+serve: install  ## serve the registered champion on http://127.0.0.1:5001 (or MODEL=models:/<id>, PORT=)
+	MLFLOW_TRACKING_URI="$(MLFLOW_TRACKING_URI)" $(BIN)/python -m cvae_mnist.glue.model_server $(MODEL) --port $(PORT)
 
 benchmark: install  ## time to quality and training speed: the report's loop against ours, side by side
 	test -f data/05_model_input/mnist_train.pt || $(BIN)/kedro run --pipeline data_ingestion

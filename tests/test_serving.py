@@ -1,7 +1,10 @@
-"""The registered model, served by MLflow's own server on a loopback port."""
+"""The registered model, served on a loopback port by MLflow's scoring server behind our guard
+(``cvae_mnist.glue.model_server``, as `make serve` does)."""
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
 import os
 import signal
@@ -18,8 +21,17 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 
-from cvae_mnist.glue.serving import CHAMPION, MAX_IMAGES_PER_REQUEST, MAX_SAMPLES_PER_ROW, MODEL_NAME
+from cvae_mnist.glue import model_server
+from cvae_mnist.glue.model_server import RequestGuard
+from cvae_mnist.glue.serving import (
+    CHAMPION,
+    DEADLINE,
+    MAX_IMAGES_PER_REQUEST,
+    MAX_SAMPLES_PER_ROW,
+    MODEL_NAME,
+)
 from mnist_fixtures import make_test_project, tracking_uri
 
 BIN = Path(sys.executable).parent
@@ -133,19 +145,7 @@ def server(trained):
     project, environment, uri = trained
     port = _free_port()
     process = subprocess.Popen(
-        [
-            BIN / "mlflow",
-            "models",
-            "serve",
-            "-m",
-            uri,
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        [BIN / "python", "-m", "cvae_mnist.glue.model_server", uri, "--port", str(port)],
         cwd=project,
         env=environment,
         stdout=subprocess.DEVNULL,
@@ -229,3 +229,128 @@ def test_a_request_over_the_cap_is_refused_at_once_and_the_cap_is_served_in_boun
     status, body = _post(port, {"inputs": at_cap})
     assert status == 200 and np.asarray(body["predictions"]).shape == (4, MAX_SAMPLES_PER_ROW, 28, 28)
     assert _memory(process) - before < 1024 * 2**20  # the largest answer fits well within 1 GiB
+
+
+def _raw_post(port: int, body: bytes, headers: dict[str, str], chunked: bool = False) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        if chunked:  # no Content-Length: the server learns the size only as it reads
+            connection.request("POST", "/invocations", body=iter([body[i : i + 65536] for i in range(0, len(body), 65536)]), headers=headers, encode_chunked=True)  # fmt: skip
+        else:
+            connection.request("POST", "/invocations", body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+JSON = {"Content-Type": "application/json"}
+ONE_ROW = json.dumps({"inputs": [{"digit": 6, "n_samples": 1, "seed": 0}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "chunked", "status", "message"),
+    [
+        (
+            ONE_ROW,
+            {},
+            False,
+            415,
+            "Send JSON with the header Content-Type: application/json (this request: none)",
+        ),
+        (ONE_ROW, {"Content-Type": "text/plain"}, False, 415, "(this request: text/plain)"),
+        (b"[" * 100_000 + b"]" * 100_000, JSON, False, 400, "nested too deeply"),
+        (b'{"inputs": [', JSON, False, 400, "The body is not valid JSON (Expecting value"),
+        (b" " * 30_000_000, JSON, False, 413, "The body has 30000000 bytes; the most a request may send is"),
+        (b" " * 30_000_000, JSON, True, 413, "The body is over 1048576 bytes"),
+        (
+            b'{"inputs": [{"digit": 12, "n_samples": 1}]}',
+            JSON,
+            False,
+            400,
+            "Row 0: digit = 12: Input should be",
+        ),
+    ],
+    ids=["no type", "text", "deep", "broken", "30 MB", "30 MB chunked", "digit 12"],
+)
+def test_a_request_the_model_cannot_read_gets_one_line_at_once(
+    server, body, headers, chunked, status, message
+):
+    port, _ = server
+    started = time.monotonic()
+    answer_status, answer = _raw_post(port, body, headers, chunked)
+    assert (answer_status, message in answer["message"]) == (status, True), answer
+    assert "\n" not in answer["message"] and len(answer["message"]) < 200  # one line a person reads
+    if len(body) > 2**20 and not chunked:
+        assert time.monotonic() - started < 10  # refused on its declared size (it was 23 s when read in full)
+    np.testing.assert_array_equal(_good_request(port).shape, (3, 28, 28))  # and it keeps serving
+
+
+def test_a_second_server_on_a_port_in_use_says_so_in_one_line(server, trained):
+    port, _ = server
+    project, environment, uri = trained
+    second = subprocess.run(
+        [BIN / "python", "-m", "cvae_mnist.glue.model_server", uri, "--port", str(port)],
+        cwd=project, env=environment, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert second.returncode == 1 and second.stdout == "", second.stderr
+    assert second.stderr.strip().splitlines() == [
+        f"Error: port {port} on 127.0.0.1 is in use (another `make serve`?): stop it, "
+        "or serve on another port with `make serve PORT=5003`."
+    ]
+
+
+class _SlowApp:
+    """An ASGI app standing in for the scoring server: answers after ``seconds``, noting the
+    deadline the guard gave the request's context."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.deadlines = seconds, []
+
+    async def __call__(self, scope, receive, send) -> None:
+        await receive()
+        self.deadlines.append(DEADLINE.get())
+        await asyncio.sleep(self.seconds)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+async def _ask(guard: RequestGuard) -> int:
+    scope = {"type": "http", "path": "/invocations", "headers": [(b"content-type", b"application/json")]}
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": ONE_ROW, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    await guard(scope, receive, send)
+    return sent[0]["status"]
+
+
+def test_requests_wait_their_turn_within_the_deadline_and_the_model_is_told_when_to_stop(monkeypatch):
+    monkeypatch.setattr(model_server, "REQUEST_SECONDS", 4.0)
+    monkeypatch.setattr(model_server, "MARGIN_SECONDS", 1.0)
+    app = _SlowApp(seconds=2.0)
+    guard = RequestGuard(app, at_once=1)
+
+    async def three_at_once() -> list[int]:
+        return await asyncio.gather(*(_ask(guard) for _ in range(3)))
+
+    started = time.monotonic()
+    statuses = asyncio.run(three_at_once())
+    # one at a time: the first two finish within their 3 s, the third would start too late
+    assert sorted(statuses) == [200, 200, 503]
+    assert len(app.deadlines) == 2 and all(d <= started + 3.0 + 0.5 for d in app.deadlines)
+
+
+def test_the_model_stops_drawing_at_its_deadline(trained):
+    _, _, uri = trained
+    model = mlflow.pyfunc.load_model(uri)
+    token = DEADLINE.set(time.monotonic() - 1)  # a request whose time is up
+    try:
+        with pytest.raises(MlflowException, match=r"took longer than 30 s and was stopped"):
+            model.predict([{"digit": 1, "n_samples": 2, "seed": 0}])
+    finally:
+        DEADLINE.reset(token)

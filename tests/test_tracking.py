@@ -28,7 +28,7 @@ def _client(project: Path, uri: str | None = None) -> mlflow.MlflowClient:
 
 def _runs(client: mlflow.MlflowClient) -> list:
     experiments = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(experiments, order_by=["start_time ASC"])
+    return client.search_runs(experiments, "attributes.status = 'FINISHED'", order_by=["start_time ASC"])
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +60,30 @@ def test_runs_are_named_and_tagged_for_people_not_for_the_machine(project):
         tags = run.data.tags
         assert tags["env"] == "test" and tags["runner"] == "SequentialRunner"
         assert tags["mlflow.source.git.commit"] == commit
-        stored = json.dumps({k: v for k, v in tags.items() if k != "mlflow.source.name"})
-        assert str(project) not in stored and " object at 0x" not in stored
+        assert tags["mlflow.source.name"] == "kedro"  # MLflow's own: the absolute path of the script
+        assert str(project) not in json.dumps(tags) and " object at 0x" not in json.dumps(tags)
     # the experiment is marked as model training, so that MLflow's UI opens on its runs
     experiment = _client(project).get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_failed_runs_error_tag_names_files_relative_to_the_project(project):
+    project, _ = project
+    raw = project / "data" / "01_raw" / "mnist" / "t10k-labels-idx1-ubyte"
+    kept = raw.read_bytes()
+    raw.write_bytes(kept + b"\0")  # damaged: its SHA-256 no longer matches
+    try:
+        failed = _run(project, "--env", "test", "--pipeline", "data_ingestion", check=False)
+    finally:
+        raw.write_bytes(kept)
+    assert failed.returncode == 1
+    client = _client(project)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (run,) = client.search_runs(experiments, "attributes.status = 'FAILED'")
+    assert run.data.tags["error"].startswith(
+        "DataError: data/01_raw/mnist/t10k-labels-idx1-ubyte has SHA-256 "
+    )
+    assert str(project) not in json.dumps(run.data.tags)
 
 
 def test_parameters_are_flattened_with_a_partial_mlflow_yml(project):

@@ -13,9 +13,10 @@ run, the model registered as ``cvae_generator`` with the alias ``champion`` that
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
-import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from kedro.pipeline.node import Node
 from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
 from kedro_mlflow.framework.hooks import MlflowHook
 from mlflow.entities import RunStatus
+from mlflow.utils.git_utils import get_git_commit
 from pydantic import BaseModel, ValidationError
 
 from cvae_mnist.engine import distributed
@@ -119,7 +121,11 @@ class MlflowTrackingHook(MlflowHook):
         )
         if self.run_id is not None:
             commit = _git_commit(self._project)
-            mlflow.set_tags({"mlflow.source.git.commit": commit} if commit else {})
+            # MLflow's source is sys.argv[0], often an absolute path: the program's name says enough
+            mlflow.set_tags(
+                {"mlflow.source.name": Path(sys.argv[0]).name}
+                | ({"mlflow.source.git.commit": commit} if commit else {})
+            )
             # MLflow 3's UI opens an experiment of no kind on its GenAI overview (traces); this
             # tag, the one its own kind selector sets, makes it open on the training runs
             mlflow.MlflowClient().set_experiment_tag(
@@ -157,7 +163,8 @@ class MlflowTrackingHook(MlflowHook):
                 return
             client = mlflow.MlflowClient()
             reason = find_user_error(error) or error
-            client.set_tag(run_id, "error", redacted(f"{type(reason).__name__}: {reason}")[:5000])
+            message = redacted(f"{type(reason).__name__}: {reason}").replace(f"{self._project}{os.sep}", "")
+            client.set_tag(run_id, "error", message[:5000])  # paths relative to the project, as in the docs
             if isinstance(reason, RunInterrupted):
                 client.set_tag(run_id, "interrupted", reason.signal_name)
                 client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
@@ -216,10 +223,8 @@ def _full_data(catalog: Any) -> bool:
 
 
 def _git_commit(project: Path) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, timeout=10, check=False
-        )
-    except OSError:
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    """The project's commit. MLflow tags one itself only when ``sys.argv[0]`` lies in the
+    repository: under ``kedro run`` that is the ``kedro`` script of the virtual environment,
+    which is often elsewhere (conda, pipx), and under ``python -m kedro`` it is in
+    site-packages. The same MLflow helper, asked about the project instead."""
+    return get_git_commit(str(project))

@@ -20,6 +20,10 @@ from cvae_mnist.core.idx import encode_idx
 from cvae_mnist.datasets.mnist_raw_dataset import MNIST_FILES
 from cvae_mnist.errors import find_user_error
 
+# Seconds after which a process or a wait counts as hung. Only a hang gets this far: no test
+# counts on a run's speed (the suite passes on a machine busy five times over).
+HANG = 1800
+
 
 def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` 28x28 uint8 images whose class ``c`` is a bright bar at row ``2 + 2c``."""
@@ -125,7 +129,7 @@ def raises_user_error(kind, match=None):
 
 
 def run_program(
-    project: Path, program: str, *args: str, timeout: float = 600, **popen
+    project: Path, program: str, *args: str, timeout: float = HANG, **popen
 ) -> subprocess.CompletedProcess:
     """``program`` of the virtual environment (``kedro``, ``torchrun``, ...) with ``args``, run in
     ``project`` as a user would; its output captured, its exit code left to the test."""

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from mnist_fixtures import CHILD_ENV, REPO
+from mnist_fixtures import CHILD_ENV, HANG, REPO
 
 CHECK = REPO / "benchmarks" / "device_check.py"
 
@@ -12,7 +12,7 @@ def test_the_device_check_passes_on_the_cpu_and_writes_its_table(tmp_path):
     out = tmp_path / "device_check.md"
     done = subprocess.run(
         [sys.executable, str(CHECK), "--device", "cpu", "--quick", "--synthetic", "--out", str(out)],
-        cwd=tmp_path, env=CHILD_ENV, capture_output=True, text=True, timeout=900, check=False,
+        cwd=tmp_path, env=CHILD_ENV, capture_output=True, text=True, timeout=HANG, check=False,
     )  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "All checks passed" in done.stdout
@@ -42,7 +42,7 @@ def test_a_failed_check_is_a_row_and_exit_code_1(tmp_path):
         f"runpy.run_path({str(CHECK)!r}, run_name='__main__')"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=CHILD_ENV, capture_output=True, text=True, timeout=900,
+        [sys.executable, "-c", code], cwd=tmp_path, env=CHILD_ENV, capture_output=True, text=True, timeout=HANG,
         check=False,
     )  # fmt: skip
     assert done.returncode == 1, (done.stdout + done.stderr)[-3000:]

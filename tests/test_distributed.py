@@ -19,7 +19,7 @@ from cvae_mnist.core.runtime import World
 from cvae_mnist.engine.recipe import CVAEObjective, scaled_lr
 from cvae_mnist.engine.trainer import batches
 from cvae_mnist.params import TrainingParams
-from mnist_fixtures import BIN, CHILD_ENV, make_test_project, run_program, run_session, tracking_uri
+from mnist_fixtures import BIN, CHILD_ENV, HANG, make_test_project, run_program, run_session, tracking_uri
 
 # fp32 and no batch norm: then N processes compute exactly what one process computes with
 # the global batch, but for the order of floating-point sums (batch norm keeps per-rank
@@ -80,7 +80,7 @@ TORCHRUN = ("--standalone", "--nproc_per_node", "2", "-m", "cvae_mnist", "run")
 
 
 def _torchrun(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return run_program(project, "torchrun", *TORCHRUN, *args, timeout=300)
+    return run_program(project, "torchrun", *TORCHRUN, *args, timeout=HANG)
 
 
 def _weights(project: Path) -> dict[str, torch.Tensor]:
@@ -155,7 +155,7 @@ def test_two_machines_train_what_one_process_trains_with_the_global_batch(traine
         )
         for _ in range(2)
     ]
-    outputs = [job.communicate(timeout=600)[0] for job in nodes]
+    outputs = [job.communicate(timeout=HANG)[0] for job in nodes]
     assert [job.returncode for job in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     two_nodes, one = _weights(project), _weights(projects["one"])
     for key in one:
@@ -213,14 +213,14 @@ def test_a_rank_that_dies_stops_the_others_and_is_named(tmp_path):
         text=True,
     )
     checkpoint = project / "data" / "06_models" / "checkpoint.pt"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + HANG
     while not checkpoint.exists() and time.monotonic() < deadline and job.poll() is None:
         time.sleep(0.2)
     assert checkpoint.exists(), "training did not start"
     workers = [pid for pid in _children(job.pid) if _environ(pid).get("RANK") == "1"]
     assert len(workers) == 1, workers
     os.kill(workers[0], signal.SIGKILL)
-    output, _ = job.communicate(timeout=120)  # no hang
+    output, _ = job.communicate(timeout=HANG)  # no hang
     assert job.returncode != 0, output[-3000:]
     root_cause = output.split("Root Cause")[-1]
     assert "rank      : 1 (local_rank: 1)" in root_cause and "SIGKILL" in root_cause, output[-3000:]

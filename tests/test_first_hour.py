@@ -6,12 +6,12 @@ import shutil
 
 import yaml
 
-from mnist_fixtures import REPO, make_test_project, run_program
+from mnist_fixtures import HANG, REPO, make_test_project, run_program
 
 
 def test_the_local_example_trains_into_its_own_folders_and_leaves_the_default_model(tmp_path):
     project = make_test_project(tmp_path / "project", env="local")
-    first = run_program(project, "kedro", "run", timeout=300)
+    first = run_program(project, "kedro", "run", timeout=HANG)
     assert first.returncode == 0, first.stderr[-3000:]
     default_model = project / "data" / "06_models" / "cvae.pt"
     made = default_model.read_bytes()
@@ -21,14 +21,14 @@ def test_the_local_example_trains_into_its_own_folders_and_leaves_the_default_mo
     parameters = project / "conf" / "local" / "parameters.yml"
     tiny = yaml.safe_load(parameters.read_text())
     parameters.write_text(yaml.safe_dump({**tiny, "training": {**tiny["training"], "epochs": 1}}))
-    refused = run_program(project, "kedro", "run", "--pipeline", "generation", timeout=300)
+    refused = run_program(project, "kedro", "run", "--pipeline", "generation", timeout=HANG)
     assert refused.returncode == 1 and "kedro run --pipeline training" in refused.stderr
     assert "Traceback" not in refused.stderr
-    trained = run_program(project, "kedro", "run", timeout=300)
+    trained = run_program(project, "kedro", "run", timeout=HANG)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert default_model.read_bytes() == made  # the default run's model is untouched
     assert (project / "data" / "06_models" / "mine" / "cvae.pt").exists()
     assert (project / "data" / "08_reporting" / "mine" / "metrics.csv").exists()
-    generated = run_program(project, "kedro", "run", "--pipeline", "generation", timeout=300)
+    generated = run_program(project, "kedro", "run", "--pipeline", "generation", timeout=HANG)
     assert generated.returncode == 0, generated.stderr[-3000:]
     assert list((project / "data" / "07_model_output" / "mine").iterdir())

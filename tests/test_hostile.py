@@ -25,13 +25,13 @@ from cvae_mnist.datasets import CVAEDataset, torch_dataset
 from cvae_mnist.glue.hooks import lock_paths
 from cvae_mnist.glue.saving import write_tensors
 from cvae_mnist.params import ModelParams
-from mnist_fixtures import BIN, CHILD_ENV, make_test_project, run_program, run_session, tracking_uri
+from mnist_fixtures import BIN, CHILD_ENV, HANG, make_test_project, run_program, run_session, tracking_uri
 
 KEDRO = str(BIN / "kedro")
 
 
 def _run(project: Path, *args: str, **popen) -> subprocess.CompletedProcess:
-    return run_program(project, "kedro", "run", "--env", "test", *args, timeout=300, **popen)
+    return run_program(project, "kedro", "run", "--env", "test", *args, timeout=HANG, **popen)
 
 
 def _one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -74,7 +74,7 @@ def test_a_second_run_into_the_same_folders_stops_at_once_and_the_first_finishes
         text=True,
     )
     _, holder = lock_paths(project / "data" / "06_models")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG
     while (
         not (holder.exists() and f"pid {first.pid}," in holder.read_text())
         and first.poll() is None
@@ -87,7 +87,7 @@ def test_a_second_run_into_the_same_folders_stops_at_once_and_the_first_finishes
     # nor may another run rewrite the inputs the first one reads
     ingestion = _one_error_line(_run(project, "--pipeline", "data_ingestion"))
     assert f"is using {project / 'data' / '05_model_input'}" in ingestion, ingestion
-    _, stderr = first.communicate(timeout=600)
+    _, stderr = first.communicate(timeout=HANG)
     assert first.returncode == 0, stderr[-3000:]
     (run,) = _runs(project)  # the refused run left no MLflow run
     assert run.data.params["seed"] == "1" and run.info.status == "FINISHED"
@@ -181,11 +181,11 @@ def test_an_interrupted_run_is_marked_killed_keeps_its_checkpoint_and_no_tempora
         text=True,
     )
     checkpoint = project / "data" / "06_models" / "checkpoint.pt"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + HANG
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal_number)
-    output, _ = process.communicate(timeout=120)
+    output, _ = process.communicate(timeout=HANG)
     assert process.returncode == 128 + signal_number, output[-3000:]
     assert f"Error: Interrupted by {signal.Signals(signal_number).name}." in output
     (run,) = _runs(project)

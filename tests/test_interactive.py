@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from mnist_fixtures import REPO, make_test_project, run_program, run_session
+from mnist_fixtures import HANG, REPO, make_test_project, run_program, run_session
 
 NOTEBOOK = REPO / "notebooks" / "quick_start.ipynb"
 
@@ -36,7 +36,7 @@ def test_the_quick_start_notebook_runs_top_to_bottom(project, monkeypatch):
     monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "1")
     notebook = nbformat.read(project / "notebooks" / "quick_start.ipynb", as_version=4)
     NotebookClient(
-        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": project / "notebooks"}}
+        notebook, timeout=HANG, kernel_name="python3", resources={"metadata": {"path": project / "notebooks"}}
     ).execute()  # raises on the first cell that fails
 
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
@@ -53,7 +53,7 @@ def test_kedro_ipython_starts_the_projects_own_ipython(project):
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "KEDRO_DISABLE_TELEMETRY": "1"}
     done = run_program(
         project, "kedro", "ipython", "--env", "test", "--no-banner",
-        "-c", "print(sorted(catalog.filter('mnist_')))", env=env, timeout=300,
+        "-c", "print(sorted(catalog.filter('mnist_')))", env=env, timeout=HANG,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "['mnist_raw', 'mnist_test', 'mnist_train']" in done.stdout

@@ -13,7 +13,7 @@ from cvae_mnist.core.runtime import World, deterministic_algorithms
 from cvae_mnist.engine import distributed
 from cvae_mnist.errors import DistributedError
 from cvae_mnist.glue.saving import write_error
-from mnist_fixtures import CHILD_ENV, REPO, make_test_project
+from mnist_fixtures import CHILD_ENV, HANG, REPO, make_test_project
 
 POSIX_ONLY = ("fcntl", "termios", "pwd", "grp", "resource")
 
@@ -33,7 +33,7 @@ def test_a_run_needs_no_posix_only_module(tmp_path):
     project = make_test_project(tmp_path, training={"epochs": 1})
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(project)],
-        env=CHILD_ENV, capture_output=True, text=True, timeout=900, check=False,
+        env=CHILD_ENV, capture_output=True, text=True, timeout=HANG, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ran without POSIX-only modules" in done.stdout

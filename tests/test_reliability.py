@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from cvae_mnist.cli import cli
-from mnist_fixtures import make_test_project, run_session, tracking_uri
+from mnist_fixtures import HANG, make_test_project, run_session, tracking_uri
 
 KEDRO = str(Path(sys.executable).parent / "kedro")
 CHILD_ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
@@ -34,7 +34,7 @@ def _kedro_run(project: Path, *args: str) -> subprocess.Popen:
 
 
 def _finish(process: subprocess.Popen) -> None:
-    _, stderr = process.communicate(timeout=300)
+    _, stderr = process.communicate(timeout=HANG)
     assert process.returncode == 0, stderr[-3000:]
 
 
@@ -43,15 +43,15 @@ def _no_partial_files(folder: Path) -> bool:
 
 
 def test_a_killed_training_run_resumes_to_the_same_weights(tmp_path):
-    epochs = 30
-    project = make_test_project(tmp_path, training={"epochs": epochs}, n_train=1000)
+    epochs = 8  # killed as soon as the first checkpoint appears (10 ms polls), long before the last
+    project = make_test_project(tmp_path, training={"epochs": epochs}, n_train=400)
     run_session(project, "data_ingestion")
     checkpoint = project / "data" / "06_models" / "checkpoint.pt"
     model_file = project / "data" / "06_models" / "cvae.pt"
     history_file = project / "data" / "08_reporting" / "training_history.json"
 
     process = _kedro_run(project, "--pipeline", "training")
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + HANG
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
@@ -92,7 +92,7 @@ def _kedro_run_output(project: Path, *args: str) -> subprocess.CompletedProcess:
         env=CHILD_ENV,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG,
     )
 
 

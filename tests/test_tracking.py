@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from cvae_mnist.glue.serving import MODEL_NAME
-from mnist_fixtures import make_test_project, run_program, run_session, tracking_uri
+from mnist_fixtures import HANG, make_test_project, run_program, run_session, tracking_uri
 
 
 def _run(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = run_program(project, "kedro", "run", *args, timeout=300)
+    result = run_program(project, "kedro", "run", *args, timeout=HANG)
     assert result.returncode == 0 or not check, (result.stdout + result.stderr)[-3000:]
     return result
 

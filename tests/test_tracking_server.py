@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from cvae_mnist.glue.serving import CHAMPION, MODEL_NAME
-from mnist_fixtures import BIN, CHILD_ENV, make_test_project, run_program
+from mnist_fixtures import BIN, CHILD_ENV, HANG, make_test_project, run_program
 
 
 def _free_port() -> int:
@@ -66,7 +66,7 @@ def server(tmp_path_factory):
         start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG
     while True:
         try:
             with urllib.request.urlopen(f"{uri}/health", timeout=5):

@@ -24,7 +24,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mnist_fixtures import make_test_project, run_session, tracking_uri
+from mnist_fixtures import HANG, make_test_project, run_session, tracking_uri
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (make install)")
@@ -56,7 +56,7 @@ def _serving(command: list[str], cwd: Path, ready: str, log: Path) -> Iterator[N
         start_new_session=True,  # a web server may start children: stop the whole group
     )
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + HANG
         while True:
             try:
                 with urllib.request.urlopen(ready, timeout=5) as answer:
@@ -106,10 +106,11 @@ def browser():
 @pytest.fixture(scope="module")
 def page(viz_url, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(HANG * 1000)  # a busy machine is slow, not broken
     # no onboarding hints over the graph on a first visit
     page.add_init_script('localStorage.setItem("KedroViz", JSON.stringify({"showFeatureHints": false}))')
     page.goto(viz_url + VIEW)
-    page.locator(".pipeline-node").first.wait_for(timeout=60_000)
+    page.locator(".pipeline-node").first.wait_for(timeout=HANG * 1000)
     yield page
     page.close()
 
@@ -136,10 +137,10 @@ def test_the_metrics_table_and_a_figure_are_previewed(page):
     page.goto(page.url.split("?")[0] + VIEW)
     _node(page, "metrics").dispatch_event("click")  # the minimap may lie over it
     panel = page.locator(".pipeline-metadata")
-    panel.get_by_text("bce_per_image").first.wait_for(timeout=30_000)  # the table's header
+    panel.get_by_text("bce_per_image").first.wait_for(timeout=HANG * 1000)  # the table's header
     _node(page, "reconstructions_figure").dispatch_event("click")
     image = panel.locator("img[src^='data:image/png;base64,']")
-    image.first.wait_for(timeout=30_000)
+    image.first.wait_for(timeout=HANG * 1000)
     assert image.first.evaluate("img => img.naturalWidth") > 100
 
 
@@ -167,11 +168,12 @@ def mlflow_ui(tmp_path_factory):
 def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs_and_their_metrics(mlflow_ui, browser):
     url, run = mlflow_ui
     page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(HANG * 1000)  # a busy machine is slow, not broken
     # the link `make mlflow-ui` prints: MLflow 3.17 opens its GenAI overview without it
     page.goto(f"{url}#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning")
-    page.get_by_text(run.info.run_name, exact=True).first.wait_for(timeout=60_000)  # the runs, first
+    page.get_by_text(run.info.run_name, exact=True).first.wait_for(timeout=HANG * 1000)  # the runs, first
     page.get_by_text(run.info.run_name, exact=True).first.click()
-    page.get_by_text("test.bce_per_image").first.wait_for(timeout=60_000)  # the run's metrics
+    page.get_by_text("test.bce_per_image").first.wait_for(timeout=HANG * 1000)  # the run's metrics
     if target := os.environ.get("CVAE_MLFLOW_SCREENSHOT"):
         page.wait_for_timeout(2000)
         page.screenshot(path=target)

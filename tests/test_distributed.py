@@ -68,6 +68,7 @@ def test_the_learning_rate_rule():
     assert scaled_lr(TrainingParams(lr=1e-3, lr_scaling="linear"), 4) == pytest.approx(4e-3)
     assert scaled_lr(TrainingParams(lr=1e-3, lr_scaling="none"), 4) == 1e-3
     assert scaled_lr(TrainingParams(lr=1e-3), 1) == 1e-3
+    assert scaled_lr(TrainingParams(lr=1e-3), 4) == pytest.approx(2e-3)  # the default: sqrt
 
 
 def _project(root: Path) -> Path:

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from cvae_mnist.core.runtime import World, deterministic_algorithms
+from cvae_mnist.core.runtime import World, deterministic_algorithms, select_device
 from cvae_mnist.engine import distributed
 from cvae_mnist.errors import DistributedError
 from cvae_mnist.glue.saving import write_error
@@ -101,3 +101,20 @@ def test_a_failed_write_is_one_line_where_errno_has_no_edquot(monkeypatch, tmp_p
     monkeypatch.delattr(errno, "EDQUOT", raising=False)  # as on Windows
     message = str(write_error(tmp_path / "cvae.pt", PermissionError(errno.EACCES, "Access is denied")))
     assert message.startswith(f"Cannot write {tmp_path / 'cvae.pt'}: permission denied.")
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "expected"),
+    [(True, True, "cuda"), (False, True, "mps"), (True, False, "cuda"), (False, False, "cpu")],
+)
+def test_auto_picks_cuda_then_mps_then_the_cpu(monkeypatch, cuda, mps, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert select_device("auto").type == expected
+    assert select_device("cpu").type == "cpu"  # asked by name, it is what it is
+    for name, there in (("cuda", cuda), ("mps", mps)):
+        if there:
+            assert select_device(name).type == name
+        else:
+            with pytest.raises(RuntimeError, match=f"device '{name}' was requested but"):
+                select_device(name)

@@ -55,8 +55,12 @@ def test_a_killed_training_run_resumes_to_the_same_weights(tmp_path):
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
+    process.wait(timeout=HANG)
     assert process.returncode == -signal.SIGKILL
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(project))
+    killed, ingestion = client.search_runs(_experiments(client), order_by=["start_time DESC"])
+    assert ingestion.info.status == "FINISHED"
+    assert killed.info.status == "RUNNING"  # as docs/reliability.md says: SIGKILL cannot be caught
     killed_at = torch.load(checkpoint, weights_only=True)["epoch"]
     assert 1 <= killed_at < epochs and not model_file.exists()
     assert _no_partial_files(project / "data")
@@ -114,6 +118,8 @@ def _cli(project: Path, monkeypatch, *args: str):
         ("model.image_size=32", "Error: Parameter model.image_size = 32 is invalid: input should be 28."),
         ("model.num_classes=5", "Error: Parameter model.num_classes = 5 is invalid: input should be 10."),
         ("evaluation.batch_size=0", "Error: Parameter evaluation.batch_size = 0 is invalid"),
+        ("training.batch_size=60001", "Error: Parameter training.batch_size = 60001 is invalid: input should be less than or equal to 60000."),
+        ("generation.n_samples=10001", "Error: Parameter generation.n_samples = 10001 is invalid: input should be less than or equal to 10000."),
         ("generation.n_samples=10**8", "Error: Parameter generation.n_samples = '10**8' is invalid: input should be a valid integer."),
     ],
 )  # fmt: skip

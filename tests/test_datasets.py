@@ -1,16 +1,22 @@
 import errno
 import gzip
 import inspect
+import os
+import signal
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 import torch
+from kedro.io import DatasetError
 
-from cvae_mnist.datasets import AtomicDataset, MNISTRawDataset, TorchDataset
+from cvae_mnist.core.model import CVAE
+from cvae_mnist.datasets import AtomicDataset, GeneratorModelDataset, MNISTRawDataset, TorchDataset
 from cvae_mnist.datasets import mnist_raw_dataset as raw_module
 from cvae_mnist.datasets.mnist_raw_dataset import MNIST_FILES
 from cvae_mnist.errors import DataError, ModelFileError
+from cvae_mnist.params import ModelParams
 from mnist_fixtures import raises_user_error, write_tiny_mnist
 
 
@@ -184,3 +190,34 @@ def test_atomic_dataset_previews_what_it_wraps_for_kedro_viz(tmp_path):
     assert not hasattr(
         AtomicDataset(filepath=str(tmp_path / "x.pkl"), dataset="pickle.PickleDataset"), "preview"
     )
+
+
+def test_an_interrupt_while_the_model_is_logged_is_not_swallowed(monkeypatch):
+    """MLflow catches every exception in parts of ``log_model``: a SIGTERM raised as an exception
+    there (as the tracking hook's handler does) would be logged and forgotten, and the run
+    would report success. It is held until the model is logged, then delivered."""
+    logged = []
+
+    def log_model(**kwargs):  # MLflow's behaviour: any exception inside is caught and logged
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            logged.append("after the signal")
+        except Exception:  # noqa: BLE001
+            logged.append("swallowed")
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupted(number, frame):
+        raise Interrupted
+
+    monkeypatch.setattr(mlflow, "active_run", object)  # a run is active
+    monkeypatch.setattr(mlflow.pyfunc, "log_model", log_model)
+    previous = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        with pytest.raises(DatasetError) as failed:  # Kedro wraps what a save raises
+            GeneratorModelDataset().save(CVAE(ModelParams(latent_dim=4, base_channels=4)))
+        assert isinstance(failed.value.__cause__, Interrupted)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert logged == ["after the signal"]  # the model was logged whole, then the run stopped

@@ -52,7 +52,9 @@ def test_the_dataset_saves_a_model_and_loads_it_ready_with_weights_only(model, t
     monkeypatch.setattr(
         torch, "load", lambda *a, **kw: loads.append(kw) or torch.serialization.load(*a, **kw)
     )
-    restored = dataset.load()
+    kept = dataset.load()  # the model this dataset saved, copied, not read again
+    assert loads == [] and kept is not model and torch.equal(kept.fc_mu.weight, model.fc_mu.weight)
+    restored = CVAEDataset(filepath=str(tmp_path / "cvae.pt")).load()  # another run reads the file
     assert loads == [{"map_location": "cpu", "weights_only": True}]
     assert isinstance(restored, CVAE) and restored.config == model.config and not restored.training
     for name, tensor in model.state_dict().items():

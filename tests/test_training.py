@@ -6,6 +6,7 @@ import torch
 from cvae_mnist.core.runtime import mixed_precision_dtype
 from cvae_mnist.datasets import CheckpointDataset
 from cvae_mnist.engine import checkpoints, recipe
+from cvae_mnist.engine.checkpoints import resume_from
 from cvae_mnist.engine.recipe import CVAEObjective, fit_cvae
 from cvae_mnist.engine.trainer import Trainer, batches
 from cvae_mnist.errors import ModelFileError, TrainingDivergedError
@@ -338,3 +339,34 @@ def test_an_epoch_reads_the_loss_back_every_few_batches_not_every_step(monkeypat
     # 45 steps: the loss read at batches 1, 20, 40 and 45, then each term's mean once
     assert len(reads) == 4 + 2 and trainer.step == 45
     assert means["half"] == pytest.approx(means["loss"] / 2)
+
+
+class _Store:
+    """A CheckpointStore holding one state in memory."""
+
+    filepath = "memory/checkpoint.pt"
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+
+    def exists(self) -> bool:
+        return True
+
+    def read(self) -> dict:
+        return self.state
+
+    def write(self, state: dict) -> None:
+        self.state = state
+
+
+def test_a_checkpoint_of_other_settings_is_refused_naming_each_difference():
+    state = {"settings": {"lr": 0.001, "epochs": 8}, "trainer": {}, "rng": {}, "history": {}}
+    with pytest.raises(ModelFileError) as refused:  # a setting on one side only counts too
+        resume_from(_Store(state), None, None, {"lr": 0.002, "epochs": 8, "beta": 0.2})
+    assert (
+        "it was written with other settings (beta: checkpoint None, parameters 0.2; "
+        "lr: checkpoint 0.001, parameters 0.002). Resume with" in str(refused.value)
+    )
+    del state["rng"]
+    with pytest.raises(ModelFileError, match="it is not a checkpoint of this version of cvae-mnist"):
+        resume_from(_Store(state), None, None, {"lr": 0.001, "epochs": 8})

@@ -14,7 +14,7 @@ from mlflow.models.model import ModelInfo
 
 import cvae_mnist
 from cvae_mnist.core.model import CVAE
-from cvae_mnist.glue.saving import to_checkpoint, write_tensors
+from cvae_mnist.glue.saving import signals_held, to_checkpoint, write_tensors
 from cvae_mnist.glue.serving import WEIGHTS
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class GeneratorModelDataset(AbstractDataset[CVAE, Any]):
         if mlflow.active_run() is None:
             logger.info("No MLflow run is active: %s is not logged", self._name)
             return
-        with tempfile.TemporaryDirectory(prefix="cvae-generator-") as folder:
+        with tempfile.TemporaryDirectory(prefix="cvae-generator-") as folder, signals_held():
             weights = Path(folder) / "cvae.pt"
             write_tensors(to_checkpoint(data), weights)
             self.model_info = mlflow.pyfunc.log_model(

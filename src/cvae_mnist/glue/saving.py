@@ -10,7 +10,9 @@ import errno
 import io
 import os
 import pickle
+import signal
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,8 @@ from pydantic import ValidationError
 from cvae_mnist.core.model import CVAE
 from cvae_mnist.errors import DataError, ModelFileError
 from cvae_mnist.params import ModelParams, PriorParams
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
@@ -56,6 +60,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise write_error(path, error) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM during a step that must not be cut short, then deliver them to
+    the handlers set before: a library that catches every exception (MLflow while it logs a
+    model) would otherwise swallow the interrupt and let the run report success."""
+    if threading.current_thread() is not threading.main_thread():  # only there can handlers change
+        yield
+        return
+    held: list[int] = []
+    previous = {n: signal.signal(n, lambda number, frame: held.append(number)) for n in INTERRUPTS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def write_error(path: Path, error: OSError) -> DataError:

@@ -27,6 +27,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from cvae_mnist.core.model import CVAE  # noqa: E402
+from cvae_mnist.datasets import CVAEDataset  # noqa: E402
+from cvae_mnist.glue.hooks import lock_paths  # noqa: E402
+from cvae_mnist.params import ModelParams  # noqa: E402
 from mnist_fixtures import make_test_project  # noqa: E402
 
 KEDRO = str(Path(sys.executable).parent / "kedro")
@@ -48,7 +52,7 @@ def kedro(project: Path, *args: str, **popen) -> subprocess.CompletedProcess:
         env=ENV,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,  # a hang guard
         check=False,
         **popen,
     )
@@ -123,6 +127,8 @@ def parameter_cases() -> list[tuple[str, str]]:
         ("10**8 generated digits", "generation.n_samples=10**8"),
         ("digit 10", "generation.digit=10"),
         ("n_train 0", "data_ingestion.n_train=0"),
+        ("seed 2**40 (NumPy seeds below 2**32)", "seed=1099511627776"),
+        ("an unbalanced quote", "seed='1"),
     ]
 
 
@@ -144,6 +150,8 @@ def run_tour(project: Path) -> Tour:
         ),
         ("a parameter section that is a number", "parameters_x.yml", "training: 5\n"),
         ("a parameter section that is empty", "parameters_x.yml", "training:\n"),
+        ("a parameters file that is a list", "parameters_x.yml", "- 1\n- 2\n"),
+        ("a misspelt key in mlflow.yml", "mlflow_x.yml", "tracking:\n  experimnt:\n    name: x\n"),
     ]:
         tour.attempt(f"configuration: {label}", env, lambda file=file, text=text: edit(conf / file, text))
     raw = project / "data" / "01_raw" / "mnist"
@@ -166,7 +174,23 @@ def run_tour(project: Path) -> Tour:
             hide(raw), edit(conf / "globals.yml", 'mnist_mirror: "http://alice:s3cret@127.0.0.1:9/m"\n')
         ),
     )
+    store = project / "mlflow.db"
+    tour.attempt(
+        "an MLflow store that is not a database",
+        [*env, "--pipeline", "data_ingestion"],
+        lambda: edit(
+            conf / "mlflow.yml", f"server:\n  mlflow_tracking_uri: sqlite:///{junk_store(project)}\n"
+        ),
+    )
+    tour.attempt(
+        "a read-only MLflow store", [*env, "--pipeline", "data_ingestion"], lambda: unwritable(store)
+    )
     model = project / "data" / "06_models" / "cvae.pt"
+    tour.attempt(
+        "a model made elsewhere, without its lineage record",
+        [*env, "--pipeline", "evaluation"],
+        lambda: foreign_model(model),
+    )
     tour.attempt(
         "a model file cut short",
         [*env, "--pipeline", "evaluation"],
@@ -225,6 +249,21 @@ def run_tour(project: Path) -> Tour:
     return tour
 
 
+def junk_store(project: Path) -> Path:
+    junk = project / "junk.db"
+    junk.write_bytes(os.urandom(5000))
+    return junk
+
+
+def foreign_model(model: Path) -> Callable[[], None]:
+    """Another architecture's model copied over ours, with no lineage record beside it."""
+    record = model.with_name(model.name + ".lineage.json")
+    kept_model, kept_record = model.read_bytes(), record.read_bytes()
+    CVAEDataset(filepath=str(model)).save(CVAE(ModelParams(architecture="report", latent_dim=8)))
+    record.unlink()
+    return lambda: (model.write_bytes(kept_model), record.write_bytes(kept_record))
+
+
 def edit_bytes(path: Path, data: bytes) -> Callable[[], None]:
     old = path.read_bytes()
     path.write_bytes(data)
@@ -269,13 +308,16 @@ def small_disk(project: Path) -> None:
 def second_run(tour: Tour, project: Path) -> None:
     first = subprocess.Popen([KEDRO, "run", "--env", "test", "--params", "training.epochs=60"], cwd=project, env=ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    lock = project / "data" / "06_models" / ".kedro-run.lock"
-    while not (lock.exists() and f"pid {first.pid}," in lock.read_text()) and first.poll() is None:
+    _, holder = lock_paths(project / "data" / "06_models")
+    while not (holder.exists() and f"pid {first.pid}," in holder.read_text()) and first.poll() is None:
         time.sleep(0.05)
     result = kedro(project, "--env", "test", "--params", "seed=2")
+    ingestion = kedro(project, "--env", "test", "--pipeline", "data_ingestion")
     first.wait()
     tour.record("a second run while the first writes", "kedro run --env test --params seed=2", result.returncode,
                 result.stdout + result.stderr, [])  # fmt: skip
+    tour.record("new inputs while a run reads them", "kedro run --env test --pipeline data_ingestion",
+                ingestion.returncode, ingestion.stdout + ingestion.stderr, [])  # fmt: skip
 
 
 def interrupted(tour: Tour, project: Path, number: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 
 import click
 import mlflow
+import rich.logging
 import sqlalchemy.exc
 import yaml
 from kedro.config import BadConfigException, MissingConfigException
@@ -79,6 +81,15 @@ def _check_names(options: dict[str, Any]) -> None:
         )
 
 
+def _wide_logs_when_piped(columns: int = 200) -> None:
+    """Log lines written to a file or a pipe (CI, ``| tee``) as wide as ``columns``: rich's
+    console, which Kedro's log handler writes through, cuts them at 80 there, splitting node
+    names and paths. A terminal keeps its own width."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, rich.logging.RichHandler) and not handler.console.is_terminal:
+            handler.console.width = columns
+
+
 def _report_user_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(callback)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -100,6 +111,7 @@ def _report_user_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
 
     def run_checked(*args: Any, **kwargs: Any) -> Any:
         _check_names(kwargs)
+        _wide_logs_when_piped()
         try:
             with warnings.catch_warnings():  # `kedro run --pipeline X` is this project's documented form
                 warnings.filterwarnings("ignore", message="Option '--pipeline' is deprecated")

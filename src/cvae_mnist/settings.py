@@ -3,6 +3,7 @@
 See https://docs.kedro.org/en/stable/configure/configuration_basics/ for the defaults.
 """
 
+from cvae_mnist.glue.console import RunSummaryHook
 from cvae_mnist.glue.hooks import LineageHook, NodeTimingHook, ParametersHook, RunLockHook
 from cvae_mnist.glue.tracking import MlflowTrackingHook
 
@@ -11,8 +12,15 @@ DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)
 _timings = NodeTimingHook()
 # Hooks run in last-in-first-out order (those marked tryfirst before the others): a run is
 # checked (lock, then stale inputs) before its MLflow run starts, and node timings reach
-# the MLflow run before it ends.
-HOOKS = (MlflowTrackingHook(_timings), _timings, LineageHook(), RunLockHook(), ParametersHook())
+# the MLflow run before it ends; the summary comes last.
+HOOKS = (
+    RunSummaryHook(),
+    MlflowTrackingHook(_timings),
+    _timings,
+    LineageHook(),
+    RunLockHook(),
+    ParametersHook(),
+)
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

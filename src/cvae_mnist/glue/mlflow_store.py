@@ -30,7 +30,16 @@ def with_the_projects_store(settings: dict[str, Any], project: Path) -> dict[str
         database = uri.removeprefix("sqlite:///")
         if uri.startswith("sqlite:///") and not Path(database).is_absolute():
             server[field] = f"sqlite:///{(project / database).resolve()}"
-    return {**settings, "server": server}
+    # a relative artifact location, resolved here as kedro-mlflow would, which would log that
+    # "the tracking_uri is relative (... mlruns)": a SQLite store's user would look for a bug
+    tracking = dict(settings.get("tracking") or {})
+    experiment = dict(tracking.get("experiment") or {})
+    created = dict(experiment.get("create_experiment_kwargs") or {})
+    location = created.get("artifact_location")
+    if location and "://" not in location and not Path(location).is_absolute():
+        created["artifact_location"] = (project / location).resolve().as_uri()
+        tracking = {**tracking, "experiment": {**experiment, "create_experiment_kwargs": created}}
+    return {**settings, "server": server, "tracking": tracking}
 
 
 def check_store_location(tracking_uri: str, experiment: str, project: Path) -> None:

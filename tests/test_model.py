@@ -8,7 +8,7 @@ from cvae_mnist.core.model import CVAE
 from cvae_mnist.datasets import CVAEDataset
 from cvae_mnist.errors import ModelFileError
 from cvae_mnist.glue.saving import from_checkpoint, to_checkpoint
-from cvae_mnist.params import ModelParams
+from cvae_mnist.params import ModelParams, PriorParams
 from mnist_fixtures import raises_user_error
 
 PLAIN = {
@@ -203,3 +203,15 @@ def test_every_stage_conditioning_adds_a_film_after_each_decoder_relu_starting_a
         film.film["uprelu1"].project.weight[4:, 3] = 0.5  # a shift for label 3 only
     changed = ~torch.isclose(film.decode(z, labels), plain.decode(z, labels)).flatten(1).all(1)
     assert changed.tolist() == [False, True, True, False]
+
+
+@pytest.mark.parametrize(
+    "prior", [PriorParams(kind="flow", flow_transforms=2, flow_hidden=16), PriorParams(components=3)]
+)
+def test_a_saved_model_is_rebuilt_with_its_own_prior(tmp_path, prior):
+    model = CVAE(ModelParams(latent_dim=4, base_channels=4), prior)
+    CVAEDataset(filepath=str(tmp_path / "cvae.pt")).save(model)
+    restored = CVAEDataset(filepath=str(tmp_path / "cvae.pt")).load()
+    assert restored.prior_config == prior  # not the default prior of the parameters
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(restored.state_dict()[name], tensor), name

@@ -215,3 +215,11 @@ def test_a_saved_model_is_rebuilt_with_its_own_prior(tmp_path, prior):
     assert restored.prior_config == prior  # not the default prior of the parameters
     for name, tensor in model.state_dict().items():
         assert torch.equal(restored.state_dict()[name], tensor), name
+
+
+def test_a_model_saved_before_priors_were_kept_loads_with_the_standard_normal_it_had():
+    model = CVAE(ModelParams(latent_dim=4, base_channels=4))
+    checkpoint = to_checkpoint(model)
+    del checkpoint["prior"]  # as written before the prior's settings were kept in the file
+    restored = from_checkpoint(checkpoint, "cvae.pt")  # it was refused, as a mixture's buffers were missing
+    assert restored.prior_config == model.prior_config and restored.prior_config.kind == "standard_normal"

@@ -135,7 +135,9 @@ def from_checkpoint(checkpoint: Any, source: str) -> CVAE:
     if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
         raise ModelFileError(f"{source} is not a CVAE saved by this project. Train it again.")
     try:
-        model = CVAE(ModelParams(**checkpoint["config"]), PriorParams(**checkpoint.get("prior", {})))
+        # a file of a version before priors were kept in it: its prior was N(0, I), the model's default
+        prior = PriorParams(**checkpoint["prior"]) if "prior" in checkpoint else None
+        model = CVAE(ModelParams(**checkpoint["config"]), prior)
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, ValidationError, RuntimeError) as exc:
         raise ModelFileError(

@@ -12,7 +12,7 @@ from cvae_mnist.core.model import CVAE
 from cvae_mnist.core.plotting import digit_grid_figure, figure_with_axes, name_columns, show_grid
 from cvae_mnist.core.runtime import select_device
 from cvae_mnist.core.schema import History, Split
-from cvae_mnist.params import DIGITS, EvaluationParams
+from cvae_mnist.params import DIGITS, EvaluationParams, TrainingParams
 
 
 def _first_of_each_class(labels: torch.Tensor, num_classes: int, count: int) -> torch.Tensor:
@@ -99,7 +99,13 @@ def plot_latent_interpolation(cvae_model: CVAE, mnist_test: Split, evaluation: E
     decoded = decode(cvae_model, path.flatten(0, 1), labels[first].repeat_interleave(steps), batch, device)
     decoded = torch.sigmoid(decoded).view(len(first), steps, *images.shape[1:])
     grid = torch.cat([images[first][:, None], decoded, images[second][:, None]], dim=1).flatten(0, 1)
-    return digit_grid_figure(grid, steps + 2, "latent interpolation: test digit, decoded path, test digit")
+    figure = digit_grid_figure(
+        grid,
+        steps + 2,
+        "latent interpolation between two test digits of each class, decoded under their label",
+    )
+    name_columns(figure, ["test a", "mu(a)", *[""] * (steps - 2), "mu(b)", "test b"], images.shape[-1])
+    return figure
 
 
 def plot_label_swap(
@@ -165,23 +171,36 @@ def plot_worst_reconstructions(
     return figure
 
 
-def plot_training_curves(training_history: History) -> Figure:
+def plot_training_curves(training_history: History, training: TrainingParams) -> Figure:
     """The training objective and its two terms per epoch, on the training and test sets.
 
     Args:
         training_history: The training pipeline's per-epoch history.
+        training: The ``training`` parameters: the loss, beta and schedule named on the figure.
 
     Returns:
-        The figure, one panel per term.
+        The figure, one panel per term, all in nats per image.
     """
     epochs = np.asarray(training_history["epoch"])
-    figure, axes = figure_with_axes(1, 3, figsize=(12, 3.5))
-    titles = ("objective: reconstruction + beta x KL", "reconstruction (BCE or MSE)", "KL to N(0, I)")
+    figure, axes = figure_with_axes(1, 3, figsize=(12, 4))
+    loss = training.loss.upper()
+    titles = (
+        f"objective: {loss} + {training.beta:g} x KL",
+        f"reconstruction: {loss}",
+        "KL(q(z | x, y) || N(0, I))",
+    )
     for axis, term, title in zip(axes, ("loss", "reconstruction", "kl"), titles):
-        for split in ("train", "test"):
-            axis.plot(epochs, training_history[f"{split}_{term}"], marker="o", label=split)
-        axis.set_title(f"{title}, nats per image")
-        axis.set_xlabel("epoch")
+        for split, shown in (("train", "train (mean over the epoch)"), ("test", "test (after the epoch)")):
+            axis.plot(epochs, training_history[f"{split}_{term}"], marker="o", label=shown)
+        axis.set(title=title, xlabel="epoch", ylabel="nats per image")
         axis.grid(alpha=0.3)
-        axis.legend()
+    axes[0].legend()
+    aids = training.swap_weight > 0 or training.adversary_weight > 0
+    figure.suptitle(
+        f"Learning rate {training.lr_schedule}, peak {training.lr:g}. Training values average an epoch in "
+        "which the model changes\n(epoch 1 mixes the untrained start, KL near 0, with its end); test values "
+        "score it at the epoch's end." + ("\nThe training objective also holds the label aids' losses "
+        "(swap critic, adversary); the test objective does not." if aids else ""),
+        fontsize=9,
+    )  # fmt: skip
     return figure

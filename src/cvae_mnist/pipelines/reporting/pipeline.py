@@ -28,7 +28,7 @@ FIGURES = {
         plot_label_swap,
         ["cvae_model", "mnist_test", "params:evaluation", "label_swap_metrics"],
     ),
-    "training_curves": (plot_training_curves, ["training_history"]),
+    "training_curves": (plot_training_curves, ["training_history", "params:training"]),
 }
 
 

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import psutil
@@ -370,3 +371,16 @@ def test_the_model_stops_drawing_at_its_deadline(trained):
     finally:
         DEADLINE.reset(token)
         mlflow.set_tracking_uri(previous)
+
+
+def test_the_readme_request_saves_a_picture_of_the_digits(server, tmp_path):
+    """The README's commands, as written (the port and the Python aside), against the server."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = next(b for b in readme.split("```bash\n")[1:] if "sixes.json" in b.split("```")[0]).split("```")[
+        0
+    ]
+    commands = [line for line in block.splitlines() if not line.startswith("make serve")]
+    script = "\n".join(commands).replace("5001", str(server[0])).replace(".venv/bin/python", sys.executable)
+    subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, check=True, timeout=HANG)
+    picture = plt.imread(tmp_path / "sixes.png")
+    assert picture.shape[:2] == (28, 3 * 28)  # three 28x28 digits side by side

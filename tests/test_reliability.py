@@ -67,6 +67,9 @@ def test_a_killed_training_run_resumes_to_the_same_weights(tmp_path):
 
     _finish(_kedro_run(project, "--pipeline", "training", "--params", "training.resume=true"))
     resumed = torch.load(model_file, weights_only=True)
+    (resumed_run,) = client.search_runs(_experiments(client), "attributes.status = 'FINISHED'", max_results=1)
+    steps = [m.step for m in client.get_metric_history(resumed_run.info.run_id, "training.train_loss")]
+    assert steps == list(range(1, epochs + 1))  # the restored epochs too, each once
     resumed_history = history_file.read_text()
 
     _finish(_kedro_run(project, "--pipeline", "training"))  # uninterrupted, from scratch

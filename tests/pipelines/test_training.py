@@ -10,7 +10,7 @@ from cvae_mnist.core.model import CVAE
 from cvae_mnist.errors import DataError
 from cvae_mnist.params import IngestionParams, ModelParams, PriorParams, TrainingParams
 from cvae_mnist.pipelines.data_ingestion.nodes import decode_mnist
-from cvae_mnist.pipelines.training.nodes import fit_prior, history_to_mlflow_metrics
+from cvae_mnist.pipelines.training.nodes import fit_prior
 
 TRAINING = TrainingParams(device="cpu")
 
@@ -64,11 +64,3 @@ def test_fit_prior_with_too_few_images_of_a_class_says_so(train_set):
         DataError, match=r"Cannot fit the prior \(prior.kind = mixture\): fitting 2 Gaussians to class 5"
     ):
         fit_prior(_model(), few, PriorParams(kind="mixture", components=2), TRAINING, seed=0)
-
-
-def test_the_history_becomes_one_mlflow_step_per_epoch():
-    history = {"epoch": [1, 2], "seconds": [3.0, 2.5], "test_kl": [4.0, 3.5]}
-    assert history_to_mlflow_metrics(history) == {
-        "seconds": [{"step": 1, "value": 3.0}, {"step": 2, "value": 2.5}],
-        "test_kl": [{"step": 1, "value": 4.0}, {"step": 2, "value": 3.5}],
-    }

@@ -305,5 +305,6 @@ def train_classifier(
         batch_size=params.batch_size,
         test_batch_size=params.batch_size,
         generator=generator,
+        series="classifier",
     )
     return model.eval().cpu()

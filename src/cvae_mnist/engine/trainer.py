@@ -200,8 +200,13 @@ def fit(
     checkpoint: CheckpointStore | None = None,
     resume: bool = False,
     settings: dict[str, Any] | None = None,
+    series: str = "training",
 ) -> History:
     """Train for ``epochs``, scoring ``test`` after each; write a checkpoint after each epoch.
+
+    Each epoch's values go out as a log record of this module that carries them
+    (``record.epoch_values``, ``record.step``, ``record.series``): a tracker can show them as
+    they come (the project's MLflow hook does) with no tracking code here.
 
     With ``resume`` and an existing checkpoint, training continues after its last epoch and
     ends bit for bit as an uninterrupted run would on the same device. ``settings`` are
@@ -215,6 +220,14 @@ def fit(
     history: History = {"epoch": [], "seconds": []}
     if resume and checkpoint is not None and checkpoint.exists():
         history = resume_from(checkpoint, trainer, generator, settings)
+        for index, epoch in enumerate(history["epoch"]):  # the epochs a tracker of this run has not seen
+            values = {key: series_[index] for key, series_ in history.items() if key != "epoch"}
+            logger.info(
+                "epoch %d/%d: restored from the checkpoint",
+                epoch,
+                epochs,
+                extra=_carrying(values, epoch, series),
+            )
     for epoch in range(len(history["epoch"]) + 1, epochs + 1):
         started = time.perf_counter()
         try:
@@ -240,6 +253,9 @@ def fit(
             train_terms["loss"],
             f", test loss {test_terms['loss']:.2f}" if test_terms else "",
             history["seconds"][-1],
+            extra=_carrying(
+                {key: values[-1] for key, values in history.items() if key != "epoch"}, epoch, series
+            ),
         )
         if checkpoint is not None:
             checkpoint.write(
@@ -252,3 +268,7 @@ def fit(
                 }
             )
     return history
+
+
+def _carrying(values: dict[str, float], epoch: int, series: str) -> dict[str, Any]:
+    return {"epoch_values": values, "step": epoch, "series": series}

@@ -34,7 +34,7 @@ from mlflow.entities import RunStatus
 from mlflow.utils.git_utils import get_git_commit
 from pydantic import BaseModel, ValidationError
 
-from cvae_mnist.engine import distributed
+from cvae_mnist.engine import distributed, trainer
 from cvae_mnist.errors import ConfigurationError, RunInterrupted, find_user_error, redacted
 from cvae_mnist.glue import lineage
 from cvae_mnist.glue.hooks import NodeTimingHook, local_file
@@ -62,6 +62,7 @@ class MlflowTrackingHook(MlflowHook):
         super().__init__()
         self._timings = timings
         self._handlers: dict[int, Any] = {}
+        self._live = _EpochValues()
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -133,6 +134,8 @@ class MlflowTrackingHook(MlflowHook):
             )
         for number in (signal.SIGINT, signal.SIGTERM):
             self._handlers[number] = signal.signal(number, _raise_interrupted)
+        if self.run_id is not None:  # each epoch's values in the run as the epoch ends, to watch it live
+            logging.getLogger(trainer.__name__).addHandler(self._live)
 
     @hook_impl
     def before_node_run(self, node: Node, catalog: Any, inputs: dict[str, Any], is_async: bool) -> None:
@@ -141,6 +144,7 @@ class MlflowTrackingHook(MlflowHook):
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: Any) -> None:
+        logging.getLogger(trainer.__name__).removeHandler(self._live)
         self._restore_signals()
         if self.run_id is not None and mlflow.active_run() is not None:
             mlflow.log_dict(
@@ -154,6 +158,7 @@ class MlflowTrackingHook(MlflowHook):
     def on_pipeline_error(
         self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any
     ) -> None:
+        logging.getLogger(trainer.__name__).removeHandler(self._live)
         with (
             self._signals_deferred()
         ):  # a SIGTERM now (torchrun stopping this rank) waits for the run's status
@@ -211,6 +216,18 @@ class MlflowTrackingHook(MlflowHook):
             version = mlflow.register_model(f"models:/{model.model_id}", MODEL_NAME)
             mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, CHAMPION, version.version)
             logger.info("Registered %s version %s as @%s", MODEL_NAME, version.version, CHAMPION)
+
+
+class _EpochValues(logging.Handler):
+    """Logs the values an epoch record of the training engine carries to the active MLflow
+    run, as ``<series>.<name>`` at step ``epoch``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        values = getattr(record, "epoch_values", None)
+        if values and mlflow.active_run() is not None:
+            mlflow.log_metrics(
+                {f"{record.series}.{key}": float(v) for key, v in values.items()}, step=record.step
+            )
 
 
 def _raise_interrupted(number: int, frame: Any) -> None:

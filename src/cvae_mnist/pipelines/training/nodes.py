@@ -83,23 +83,6 @@ def fit_prior(
     return model.cpu(), {"nll": [{"step": step, "value": value} for step, value in enumerate(curve, 1)]}
 
 
-def history_to_mlflow_metrics(training_history: History) -> dict[str, list[dict[str, float]]]:
-    """Turn the per-epoch history into MLflow metric histories, one step per epoch.
-
-    Args:
-        training_history: The output of :func:`train_cvae`.
-
-    Returns:
-        ``{metric: [{"step": epoch, "value": value}, ...]}`` for every series but ``epoch``.
-    """
-    epochs = training_history["epoch"]
-    return {
-        key: [{"step": int(step), "value": float(value)} for step, value in zip(epochs, values)]
-        for key, values in training_history.items()
-        if key != "epoch"
-    }
-
-
 def build_generator(cvae_model: CVAE) -> CVAE:
     """Hand the trained model to ``cvae_generator``, which logs it to the MLflow run as the
     servable pyfunc model of ``cvae_mnist.glue.serving``.

@@ -5,7 +5,6 @@ from kedro.pipeline import Pipeline, node
 from cvae_mnist.pipelines.training.nodes import (
     build_generator,
     fit_prior,
-    history_to_mlflow_metrics,
     train_cvae,
 )
 
@@ -37,12 +36,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs="cvae_model",
                 outputs="cvae_generator",
                 name="build_generator_node",
-            ),
-            node(
-                func=history_to_mlflow_metrics,
-                inputs="training_history",
-                outputs="training_metrics",
-                name="log_training_history_node",
             ),
         ],
         namespace="training",  # one box per pipeline in Kedro-Viz; dataset names stay

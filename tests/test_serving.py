@@ -24,7 +24,7 @@ import pytest
 import torch
 from mlflow.exceptions import MlflowException
 
-from cvae_mnist.glue import model_server
+from cvae_mnist.glue import model_server, serving
 from cvae_mnist.glue.model_server import RequestGuard
 from cvae_mnist.glue.serving import (
     CHAMPION,
@@ -384,3 +384,22 @@ def test_the_readme_request_saves_a_picture_of_the_digits(server, tmp_path):
     subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, check=True, timeout=HANG)
     picture = plt.imread(tmp_path / "sixes.png")
     assert picture.shape[:2] == (28, 3 * 28)  # three 28x28 digits side by side
+
+
+def test_a_failure_while_drawing_is_a_500_that_names_no_internals(trained, monkeypatch):
+    _, environment, uri = trained
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(environment["MLFLOW_TRACKING_URI"])
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access at 0x7f3e")  # what a user must not see
+
+    monkeypatch.setattr(serving, "generate", broken)
+    with pytest.raises(MlflowException) as failed:
+        model.predict([{"digit": 1, "n_samples": 2, "seed": 0}])
+    assert failed.value.error_code == "INTERNAL_ERROR"
+    assert failed.value.message == "Generation failed on the server; see its log."

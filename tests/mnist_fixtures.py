@@ -113,10 +113,10 @@ def tracking_uri(project: Path) -> str:
     return f"sqlite:///{project / 'mlflow.db'}"
 
 
-def run_session(project: Path, pipeline: str | None = None) -> None:
-    """``kedro run --env test [--pipeline pipeline]`` in this process, hooks included."""
+def run_session(project: Path, pipeline: str | None = None, params: dict | None = None) -> None:
+    """``kedro run --env test [--pipeline pipeline] [--params ...]`` in this process, hooks included."""
     bootstrap_project(project)
-    with KedroSession.create(project_path=project, env="test") as session:
+    with KedroSession.create(project_path=project, env="test", runtime_params=params) as session:
         session.run(pipeline_name=pipeline)
 
 

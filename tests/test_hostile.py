@@ -63,8 +63,8 @@ def project(tmp_path_factory):
     return project
 
 
-def test_a_second_run_into_the_same_folders_stops_at_once_and_the_first_finishes(tmp_path):
-    project = make_test_project(tmp_path, training={"epochs": 40}, n_train=600)
+def test_a_second_run_into_the_same_folders_stops_at_once_and_the_first_finishes(tmp_path, monkeypatch):
+    project = make_test_project(tmp_path)
     first = subprocess.Popen(
         [KEDRO, "run", "--env", "test"],
         cwd=project,
@@ -81,15 +81,18 @@ def test_a_second_run_into_the_same_folders_stops_at_once_and_the_first_finishes
         and time.monotonic() < deadline
     ):
         time.sleep(0.05)
-    second = _run(project, "--params", "seed=2")
-    line = _one_error_line(second)
-    assert "Another kedro run (pid " in line and "is using" in line, line
-    # nor may another run rewrite the inputs the first one reads
-    ingestion = _one_error_line(_run(project, "--pipeline", "data_ingestion"))
-    assert f"is using {project / 'data' / '05_model_input'}" in ingestion, ingestion
+    os.kill(first.pid, signal.SIGSTOP)  # held mid-run, however fast this machine is
+    try:
+        line = _cli_error(project, monkeypatch, "--params", "seed=2")
+        assert f"Another kedro run (pid {first.pid}, --env test, since " in line and "is using" in line, line
+        # nor may another run rewrite the inputs the first one reads
+        ingestion = _cli_error(project, monkeypatch, "--pipeline", "data_ingestion")
+        assert f"is using {project / 'data' / '05_model_input'}" in ingestion, ingestion
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     _, stderr = first.communicate(timeout=HANG)
     assert first.returncode == 0, stderr[-3000:]
-    (run,) = _runs(project)  # the refused run left no MLflow run
+    (run,) = _runs(project)  # the refused runs left no MLflow run
     assert run.data.params["seed"] == "1" and run.info.status == "FINISHED"
     assert not holder.exists()  # released, and no holder named any more
     assert not [path for path in (project / "data").rglob("*") if "lock" in path.name]  # none in sight
@@ -107,31 +110,35 @@ def test_the_evaluation_scores_the_model_object_its_own_run_trained(tmp_path, mo
     assert len(loads) == 1  # an evaluation alone reads it once, for all its nodes
 
 
-def test_a_stale_input_stops_the_run_naming_it_and_the_command_that_rebuilds_it(project):
+def test_a_stale_input_stops_the_run_naming_it_and_the_command_that_rebuilds_it(project, monkeypatch):
     metrics = project / "data" / "08_reporting" / "metrics.csv"
     classifier = project / "data" / "06_models" / "digit_classifier.pt"
     shared = classifier.read_bytes()
-    subset = _run(project, "--pipeline", "data_ingestion", "--params", "data_ingestion.n_test=20")
-    assert subset.returncode == 0, subset.stderr[-3000:]
+    run_session(project, "data_ingestion", {"data_ingestion": {"n_test": 20}})
     before = metrics.read_text()
-    line = _one_error_line(_run(project, "--pipeline", "evaluation"))
-    assert line == (
+    assert _cli_error(project, monkeypatch, "--pipeline", "evaluation") == (
         "Error: data/05_model_input/mnist_test.pt was made with data_ingestion.n_test = 20, and the parameters "
         "now give null: rebuild it with `kedro run --pipeline data_ingestion --env test`, or run with the "
         "parameters it was made with."
     )
     assert metrics.read_text() == before
     # a model trained on other data is stale too, and a subset's classifier never replaces the shared one
-    subset = _run(project, "--params", "data_ingestion.n_train=120")
-    assert subset.returncode == 0, subset.stderr[-3000:]
+    run_session(project, params={"data_ingestion": {"n_train": 120}})
     assert classifier.read_bytes() == shared
-    ingested = _run(project, "--pipeline", "data_ingestion")
-    assert ingested.returncode == 0, ingested.stderr[-3000:]
-    line = _one_error_line(_run(project, "--pipeline", "evaluation"))
+    run_session(project, "data_ingestion")
+    line = _cli_error(project, monkeypatch, "--pipeline", "evaluation")
     assert line.startswith("Error: data/06_models/cvae.pt was made with data_ingestion.n_train = 120"), line
     assert "rebuild it with `kedro run --pipeline training --env test`" in line
-    assert _run(project, "--pipeline", "training").returncode == 0
-    assert _run(project, "--pipeline", "evaluation").returncode == 0
+    run_session(project, "training")  # the command it names
+    run_session(project, "evaluation")
+
+
+def _cli_error(project: Path, monkeypatch, *args: str) -> str:
+    """`kedro run --env test *args` in this process, refused: its one `Error:` line."""
+    result = _cli(project, monkeypatch, "--env", "test", *args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output[-3000:]
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    return line
 
 
 def test_a_missing_input_names_the_command_with_the_environment(tmp_path):

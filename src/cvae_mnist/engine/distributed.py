@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from cvae_mnist.core.runtime import World
-from cvae_mnist.errors import DistributedError
+from cvae_mnist.errors import CvaeMnistError, DistributedError
 
 logger = logging.getLogger(__name__)
 
@@ -125,3 +127,19 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if _Job.world.size > 1:
         dist.all_reduce(values, group=_Job.training_group)
     return values
+
+
+@contextmanager
+def peer_failures_named(world: World) -> Iterator[None]:
+    """torch.distributed reports a peer that died or went silent (gloo, NCCL, the store) as a
+    ``DistError``: say so in one line (torchrun's summary names the process)."""
+    try:
+        yield
+    except RuntimeError as error:
+        if world.size == 1 or isinstance(error, CvaeMnistError) or not isinstance(error, dist.DistError):
+            raise  # one process, our own error, or not a failure torch.distributed reports as one
+        raise DistributedError(
+            f"Training stopped on rank {world.rank} of {world.size}: another process of this torchrun "
+            f"job stopped or stopped answering ({str(error).splitlines()[0]}). torchrun's summary "
+            "names the process that failed; the checkpoint of the last complete epoch is kept."
+        ) from None

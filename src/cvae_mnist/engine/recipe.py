@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -31,7 +29,7 @@ from cvae_mnist.core.runtime import World, deterministic_algorithms, seed_everyt
 from cvae_mnist.core.schema import History, Split
 from cvae_mnist.engine import distributed
 from cvae_mnist.engine.trainer import CheckpointStore, Trainer, fit
-from cvae_mnist.errors import CvaeMnistError, DataError, DistributedError
+from cvae_mnist.errors import DataError
 from cvae_mnist.params import ClassifierParams, ModelParams, TrainingParams
 
 logger = logging.getLogger(__name__)
@@ -182,7 +180,7 @@ def train_rank(
     deterministic_algorithms(device, training.deterministic)
     model = CVAE(model_params).to(device)
     fast = training.fast_path == "auto"
-    with accelerated(model, device) if fast else nullcontext(), _peer_failures_named(world):
+    with accelerated(model, device) if fast else nullcontext(), distributed.peer_failures_named(world):
         steps = steps_per_epoch(len(train["labels"]), training.batch_size, world)
         trainer = cvae_trainer(_network(model, training, device, world), training, device, steps, world)
         _log_setup(trainer, training, device, world, fast and device.type == "cpu")
@@ -249,28 +247,6 @@ def _log_setup(
             training.batch_size,
             training.batch_size * world.size,
         )
-
-
-@contextmanager
-def _peer_failures_named(world: World) -> Iterator[None]:
-    """gloo and NCCL report a peer that died or went silent as a RuntimeError of their own:
-    say which in one line (torchrun's summary names the process)."""
-    try:
-        yield
-    except RuntimeError as error:
-        if world.size == 1 or isinstance(error, CvaeMnistError) or not _peer_failure(error):
-            raise
-        raise DistributedError(
-            f"Training stopped on rank {world.rank} of {world.size}: another process of this torchrun "
-            f"job stopped or stopped answering ({str(error).splitlines()[0]}). torchrun's summary "
-            "names the process that failed; the checkpoint of the last complete epoch is kept."
-        ) from None
-
-
-def _peer_failure(error: RuntimeError) -> bool:
-    return isinstance(error, dist.DistError) or any(
-        word in str(error) for word in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out")
-    )
 
 
 def _cross_entropy(

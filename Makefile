@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-viz: install  ## Kedro-Viz on http://127.0.0.1:4141/?types=nodes,datasets,parameters
+viz: install  ## Kedro-Viz on http://127.0.0.1:4141/?types=nodes,datasets,parameters&expandAllPipelines=true
 	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
 
 viz-build: install  ## static Kedro-Viz site in ./build, served on http://127.0.0.1:4142

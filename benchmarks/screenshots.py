@@ -11,6 +11,7 @@ pipeline, expanded), `docs/images/kedro-viz-<pipeline>.png` (each pipeline on it
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,9 +33,12 @@ PIPELINES = ("data_ingestion", "training", "evaluation", "generation")
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port below 49152 (kedro viz refuses the ephemeral range)."""
+    for port in random.Random().sample(range(20_000, 49_000), 200):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise SystemExit("Error: no free port between 20000 and 49000.")
 
 
 def serve(command: list[str], ready: str) -> subprocess.Popen:
@@ -102,9 +106,15 @@ def main() -> None:
             run = runs[0]
             page.goto(
                 f"http://127.0.0.1:{ui_port}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+                "?workflowType=machine_learning"
             )
             page.get_by_text("test.bce_per_image").first.wait_for()
-            page.wait_for_timeout(1500)
+            assistant = page.locator("[aria-label='Close']")  # MLflow 3.17's assistant panel
+            if assistant.count():
+                assistant.first.click()
+            page.get_by_text("Model metrics", exact=True).first.click()
+            page.get_by_placeholder("Search metric charts").fill("training.")  # the per-epoch charts
+            page.wait_for_timeout(3000)
             page.screenshot(path=IMAGES / "mlflow-run.png")
             print(f"wrote docs/images/mlflow-run.png (run {run.info.run_name!r})")
             browser.close()

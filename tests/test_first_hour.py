@@ -46,7 +46,7 @@ def _shows_a_summary_a_person_reads(output: str) -> None:
     assert "Files written (" in output and "  data/08_reporting/metrics.csv" in summary
     assert re.search(
         r"\nMLflow run 'local default [^']+': `make mlflow-ui`, then "
-        r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}\n",
+        r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}\?workflowType=machine_learning\n",
         output,
     )
     assert "Loading data from" not in output and "Saving data to" not in output

@@ -133,6 +133,42 @@ def test_the_graph_shows_every_pipelines_nodes_and_the_parameters(page):
         page.screenshot(path=target)
 
 
+MAIN_NODES = {
+    "data_ingestion": ("decode_mnist_node", "mnist_train", "mnist_test"),
+    "training": ("train_cvae_node", "fit_prior_node", "cvae_model"),
+    "evaluation": (
+        "evaluate_reconstructions_node",
+        "evaluate_generation_node",
+        "evaluate_label_swap_node",
+        "metrics",
+    ),
+    "generation": ("generate_digits_node", "generated_digits"),
+}
+
+
+@pytest.mark.parametrize("pipeline", MAIN_NODES)
+def test_each_pipelines_first_view_shows_its_main_nodes_without_a_click(viz_url, browser, pipeline):
+    """The view docs/images/kedro-viz-<pipeline>.png shows: the pipeline opened, expanded and
+    fitted to the window, its main nodes inside it."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(HANG * 1000)
+    page.add_init_script('localStorage.setItem("KedroViz", JSON.stringify({"showFeatureHints": false}))')
+    page.goto(f"{viz_url}{VIEW}&pid={pipeline}")
+    page.locator(".pipeline-node").first.wait_for()
+    page.wait_for_timeout(1500)  # the graph's zoom-to-fit transition
+    for name in MAIN_NODES[pipeline]:
+        assert _node(page, name).count() == 1, name  # drawn (a collapsed pipeline draws one box)
+        box = _node(page, name).bounding_box()
+        inside = (
+            box["x"] >= 0
+            and box["y"] >= 0
+            and box["x"] + box["width"] <= 1400
+            and box["y"] + box["height"] <= 900
+        )
+        assert inside, (name, box)
+    page.close()
+
+
 def test_the_metrics_table_and_a_figure_are_previewed(page):
     page.goto(page.url.split("?")[0] + VIEW)
     _node(page, "metrics").dispatch_event("click")  # the minimap may lie over it

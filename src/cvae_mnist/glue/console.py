@@ -64,5 +64,6 @@ def _address(run: Any) -> str:
     """Where the run's page is: on the server it was logged to, or in `make mlflow-ui`."""
     tracking = redacted(mlflow.get_tracking_uri())
     host = tracking.rstrip("/") if urllib.parse.urlparse(tracking).scheme in {"http", "https"} else None
-    page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    # MLflow 3.17's UI shows a run as GenAI unless asked for model training
+    page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
     return f"{host}/{page}" if host else f"`make mlflow-ui`, then {UI}/{page}"

@@ -18,10 +18,12 @@ import torch
 import yaml
 from click.testing import CliRunner
 from kedro.framework.startup import bootstrap_project
+from kedro.io import DatasetError
 
 from cvae_mnist.cli import cli
 from cvae_mnist.core.model import CVAE
 from cvae_mnist.datasets import CVAEDataset, torch_dataset
+from cvae_mnist.errors import RunInterrupted
 from cvae_mnist.glue.hooks import lock_paths
 from cvae_mnist.glue.saving import write_tensors
 from cvae_mnist.params import ModelParams
@@ -385,5 +387,38 @@ def test_ctrl_c_outside_the_runs_handlers_ends_its_mlflow_run_killed_with_exit_1
         assert run.info.status == "KILLED"
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Error:")]
         assert errors == [errors[0]] and errors[0].startswith("Error: Interrupted by SIGINT.")
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "code"),
+    [(RunInterrupted(signal.SIGTERM, "SIGTERM"), "KILLED", 143), (RuntimeError("a bug"), "FAILED", None)],
+    ids=["a signal", "a bug"],
+)
+def test_a_run_the_hooks_could_not_close_is_not_left_for_mlflow_to_call_finished(
+    tmp_path, raised, status, code
+):
+    """torchrun's SIGTERM can land while another hook handles the pipeline's error, before the
+    MLflow hook closes the run; MLflow would then end it as FINISHED when the process exits
+    (seen once under torchrun in CI). The command closes it with the true status."""
+    from cvae_mnist.cli import _report_user_errors  # noqa: PLC0415
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        experiment = mlflow.MlflowClient().create_experiment("unclosed")
+
+        def failing_with_an_open_run(**options):
+            mlflow.start_run(experiment_id=experiment)
+            raise DatasetError("a node failed") from raised  # as Kedro wraps what a node raises
+
+        with pytest.raises((SystemExit, DatasetError)) as stopped:
+            _report_user_errors(failing_with_an_open_run)()
+        assert mlflow.active_run() is None
+        (run,) = mlflow.search_runs([experiment], output_format="list")
+        assert run.info.status == status
+        if code is not None:
+            assert stopped.value.code == code
     finally:
         mlflow.set_tracking_uri(previous)

@@ -124,6 +124,9 @@ def _report_user_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
             raise SystemExit(interrupted.exit_code) from None
         except Exception as error:
             mistake = user_error(error)
+            if mlflow.active_run() is not None:  # a run the hooks could not close: MLflow would end it
+                killed = isinstance(mistake, RunInterrupted)  # FINISHED when this process exits
+                mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED))
             if mistake is None:
                 raise
             if isinstance(mistake, RunInterrupted):

@@ -154,7 +154,7 @@ class MlflowTrackingHook(MlflowHook):
             self._link_model(pipeline)
         super().after_pipeline_run(run_params=run_params, pipeline=pipeline, catalog=catalog)
 
-    @hook_impl
+    @hook_impl(tryfirst=True)  # the run's status first: a signal during another hook must not skip it
     def on_pipeline_error(
         self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any
     ) -> None:

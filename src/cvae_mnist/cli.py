@@ -46,10 +46,9 @@ def user_error(error: BaseException) -> CvaeMnistError | None:
     while cause is not None and id(cause) not in seen:
         if isinstance(cause, ParameterValidationError):  # ParametersHook names the key first; this
             return ParameterError(" ".join(str(cause).split()))  # is a hint no model of ours covers
-        config_mistake = isinstance(cause, yaml.YAMLError | BadConfigException | MissingConfigException) or (
-            isinstance(cause, DatasetError) and "when parsing config for dataset" in str(cause)
-        )
-        if config_mistake:
+        if isinstance(
+            cause, yaml.YAMLError | BadConfigException | MissingConfigException
+        ) or _catalog_mistake(cause):
             return ConfigurationError(" ".join(str(cause).split()))
         if isinstance(cause, sqlalchemy.exc.DatabaseError):  # MLflow's SQL store: damaged, read-only, locked
             return ConfigurationError(
@@ -62,6 +61,15 @@ def user_error(error: BaseException) -> CvaeMnistError | None:
     return find_user_error(error)
 
 
+def _catalog_mistake(error: BaseException) -> bool:
+    """A catalog entry Kedro cannot build: a ``DatasetError`` caused by nothing but other
+    ``DatasetError``s (an unknown type, a missing ``type``, arguments a dataset refuses). One
+    that wraps another exception is a dataset failing at its work, which keeps its traceback."""
+    while isinstance(error, DatasetError):
+        error = error.__cause__
+    return error is None
+
+
 def _check_names(options: dict[str, Any]) -> None:
     """Refuse an environment or a pipeline that does not exist, before anything starts."""
     conf = Path(options.get("conf_source") or Path.cwd() / "conf")
@@ -71,8 +79,7 @@ def _check_names(options: dict[str, Any]) -> None:
         raise click.ClickException(
             f"There is no environment {env!r} ({conf / env} does not exist); the environments are: {', '.join(known)}."
         )
-    folder = Path(cvae_mnist.pipelines.__file__).parent  # all of them, whatever --pipeline asks
-    known = sorted(p.name for p in folder.iterdir() if (p / "pipeline.py").exists())
+    known = cvae_mnist.pipelines.names()
     asked = [options.get("pipeline"), *(options.get("pipelines") or [])]
     unknown = [name for name in asked if name and name != "__default__" and name not in known]
     if unknown:

@@ -246,11 +246,8 @@ class LineageHook:
 
 
 def _pipeline_writing(dataset: str) -> str | None:
-    """The name of the project's pipeline that writes ``dataset``. Each pipeline's own
-    ``create_pipeline``: under ``--pipeline X``, Kedro's ``pipelines`` and ``find_pipelines``
-    hold X alone."""
-    folder = Path(cvae_mnist.pipelines.__file__).parent
-    for name in sorted(p.name for p in folder.iterdir() if (p / "pipeline.py").exists()):
+    """The name of the project's pipeline that writes ``dataset``."""
+    for name in cvae_mnist.pipelines.names():
         module = importlib.import_module(f"cvae_mnist.pipelines.{name}")
         if dataset in module.create_pipeline().all_outputs():
             return name

@@ -1,12 +1,5 @@
-"""What made each file a run writes, and whether an input is still what the parameters ask for.
-
-Beside every file written through the catalog, a record ``<file>.lineage.json`` holds the
-parameters that shaped it (those of the node that wrote it, and those of everything it was
-made from, transitively), the SHA-256 and size of the files it was made from and its own,
-and the MLflow run that wrote it. Before a run uses a file it did not write itself, the
-record is held against the run's parameters and against the files it names: a file made
-under other settings, or from data that has changed since, is stale. No Kedro here.
-"""
+"""What made each file a run writes (``<file>.lineage.json``), and whether an input is still
+what the parameters and its sources ask for. No Kedro here."""
 
 from __future__ import annotations
 
@@ -54,11 +47,9 @@ def signature(path: Path, known: Mapping[str, Any] | None = None) -> dict[str, A
     stat = path.stat()
     if known and known.get("size") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns:
         return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": known["sha256"]}
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
 
 
 def record_path(path: Path) -> Path:

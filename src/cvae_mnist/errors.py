@@ -1,8 +1,5 @@
-"""Errors that report a user's mistake (bad input, bad file, bad parameter).
-
-The project's ``kedro run`` prints these as one clear message instead of a
-traceback (see ``cvae_mnist.cli``); anything else is a bug and keeps its traceback.
-"""
+"""Errors that report a user's mistake, which the project's ``kedro run`` prints as one line
+instead of a traceback (``cvae_mnist.cli``); anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 

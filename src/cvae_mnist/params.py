@@ -1,12 +1,5 @@
-"""The parameters of ``conf/*/parameters.yml``, one Pydantic model per section.
-
-Kedro validates a section against the model type-hinted on a node's ``params:<section>``
-input before any node runs, and hands the node the typed object. Every model forbids
-unknown keys and takes values of the exact YAML type (``strict``: ``2.0`` is not an
-integer, ``1`` is not a boolean). The defaults equal ``conf/base/parameters.yml``
-(``tests/test_params.py`` holds them together). The upper bounds keep a run inside what
-a workstation can hold; raise them here if yours holds more. No Kedro here.
-"""
+"""The parameters of ``conf/*/parameters.yml``, one strict Pydantic model per section, with the
+defaults of ``conf/base/parameters.yml`` (tests/test_params.py holds them together). No Kedro here."""
 
 from __future__ import annotations
 

@@ -9,12 +9,7 @@ DEFAULT_PIPELINES = ("data_ingestion", "training", "evaluation")
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Register the project's pipelines.
-
-    Returns:
-        Each pipeline by its folder name, and ``__default__``: ingestion, training,
-        evaluation.
-    """
+    """Each pipeline by its folder name, and ``__default__``: ingestion, training, evaluation."""
     pipelines = find_pipelines(raise_errors=True)
     # `kedro run --pipeline X` makes find_pipelines import only X: no default then.
     if all(name in pipelines for name in DEFAULT_PIPELINES):

@@ -1,7 +1,4 @@
-"""Project settings: hooks and configuration loading.
-
-See https://docs.kedro.org/en/stable/configure/configuration_basics/ for the defaults.
-"""
+"""Project settings: hooks and configuration loading."""
 
 from cvae_mnist.glue.console import RunSummaryHook
 from cvae_mnist.glue.hooks import LineageHook, NodeTimingHook, ParametersHook, RunLockHook

@@ -1,20 +1,5 @@
-"""Training aids that make the decoder take the digit from the label, and z keep the style.
-
-The encoder sees the image, so its code can hold the digit's class as well as its style;
-a decoder that finds the class in z ignores the label, and a code decoded under another
-label gives back the original digit. Two aids, each with its weight (0 turns it off):
-
-- a label adversary (Fader networks, Lample et al. 2017; Ganin et al. 2016): a small
-  classifier learns to read the label from the posterior mean ``mu`` while a gradient
-  reversal layer pushes the encoder the other way, so the code loses the class;
-- a swap critic (as in AttGAN, He et al. 2019): part of each batch is decoded under
-  another label, and a small classifier, trained on the real images only, scores whether
-  the result reads as that label; the decoder learns to write the digit it is asked for.
-
-Both are used in training only; the saved model is the CVAE alone. The critic is not the
-digit classifier that judges the evaluation: it is smaller, of another architecture, and
-never sees the evaluation's classifier or its weights. No Kedro here.
-"""
+"""Training aids that make the decoder take the digit from the label and leave the style to z:
+a label adversary and a swap critic (docs/architecture.md). Used in training only. No Kedro here."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""Faster forms of the CVAE's layers on the CPU, each computing the same function as the plain layer.
-
-:func:`accelerated` swaps them into a model for the duration of a block (training, with
-``training.fast_path: auto``) and only on the CPU, where they were measured
-(docs/performance.md); on CUDA and MPS the model keeps its plain layers. The forms keep the
-layers' parameters, so weights and checkpoints are the same. tests/test_fastpath.py checks
-each form, values and gradients, against the plain layer. No Kedro here.
-"""
+"""Faster forms of the CVAE's layers on the CPU, each computing the same function as the plain
+layer, swapped in for training only where measured to pay (docs/performance.md). No Kedro here."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Read and write the IDX format of the MNIST files (http://yann.lecun.com/exdb/mnist/).
-
-An IDX file is a big-endian header -- two zero bytes, a type code, the number of
-dimensions, then one uint32 per dimension -- followed by the array's bytes.
-Only unsigned bytes (type code 0x08), the type MNIST uses, are supported.
-"""
+"""Read and write the IDX format of the MNIST files (a big-endian header, then the array's
+unsigned bytes; http://yann.lecun.com/exdb/mnist/)."""
 
 from __future__ import annotations
 
@@ -17,19 +13,8 @@ _UBYTE = 0x08
 
 
 def parse_idx(data: bytes, name: str, ndim: int) -> np.ndarray:
-    """Decode an IDX file of unsigned bytes.
-
-    Args:
-        data: The raw (uncompressed) file content.
-        name: The file's name, used in error messages.
-        ndim: The number of dimensions expected (3 for images, 1 for labels).
-
-    Returns:
-        A read-only ``uint8`` array of the declared shape.
-
-    Raises:
-        DataError: If the magic number, the type or the size is wrong.
-    """
+    """The ``ndim``-dimensional read-only ``uint8`` array of an IDX file's bytes; a
+    :class:`DataError` naming the file ``name`` if its magic number, type or size is wrong."""
     if len(data) < 4 + 4 * ndim:
         raise DataError(
             f"{name}: {len(data)} bytes is too short for an IDX header; "
@@ -55,14 +40,7 @@ def parse_idx(data: bytes, name: str, ndim: int) -> np.ndarray:
 
 
 def encode_idx(array: np.ndarray) -> bytes:
-    """Encode a ``uint8`` array as an IDX file (the inverse of :func:`parse_idx`).
-
-    Args:
-        array: The array to encode.
-
-    Returns:
-        The IDX file's bytes.
-    """
+    """A ``uint8`` array as an IDX file's bytes (the inverse of :func:`parse_idx`)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = struct.pack(">HBB", 0, _UBYTE, array.ndim)
     header += struct.pack(f">{array.ndim}I", *array.shape)

@@ -8,17 +8,9 @@ import torch.nn.functional as F
 
 
 def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "bce") -> torch.Tensor:
-    """Per-image reconstruction loss, summed over pixels, as a tensor of shape ``[N]``.
-
-    Args:
-        logits: Decoder output (pre-sigmoid), ``[N, 1, H, W]``.
-        target: Images in [0, 1], same shape.
-        kind: ``"bce"`` (Bernoulli negative log-likelihood, computed from the logits in
-            one numerically stable kernel) or ``"mse"`` (squared error of the sigmoid).
-
-    Returns:
-        The loss of each image.
-    """
+    """Per-image reconstruction loss ``[N]`` of logits ``[N, 1, H, W]`` against images in
+    [0, 1], summed over pixels: ``"bce"`` (Bernoulli negative log-likelihood, from the logits in
+    one numerically stable kernel) or ``"mse"`` (squared error of the sigmoid)."""
     if kind == "bce":
         per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     elif kind == "mse":

@@ -1,13 +1,5 @@
-"""A conditional VAE (Kingma et al. 2014; Sohn et al. 2015) for 28x28 digits. No Kedro here.
-
-Encoder q(z | x, y): the label (one-hot, or a learned embedding) broadcast to extra input
-channels, stride-2 convolutions, then linear heads for ``mu`` and ``logvar``.
-Decoder p(x | z, y): ``[z, label]`` through a linear layer and stride-2 transposed
-convolutions to one channel of Bernoulli logits; with ``decoder_conditioning:
-every_stage`` the label also scales and shifts the features after every stage (FiLM,
-Perez et al. 2018), so that the decoder can take the digit from the label at every scale.
-Prior p(z | y): a :class:`cvae_mnist.core.prior.Prior`, fitted after training.
-"""
+"""A conditional VAE (Kingma et al. 2014; Sohn et al. 2015) for 28x28 digits: a conv encoder
+and decoder, both given the label (docs/architecture.md, layer sizes). No Kedro here."""
 
 from __future__ import annotations
 

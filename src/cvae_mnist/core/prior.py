@@ -1,26 +1,5 @@
-"""The CVAE's prior p(z | y): what generation samples and what the likelihood is scored under.
-
-A VAE trained with a KL weight below 1 encodes more than N(0, I) describes: the codes of
-its training images (the aggregate posterior) drift away from the standard normal, and
-digits decoded from N(0, I) look worse than reconstructions. Fitting a density to those
-codes after training (Ghosh et al. 2020, ex-post density estimation) repairs the sampler
-without touching the network. Three kinds, each with an exact density and seeded sampling:
-
-- ``standard_normal``: N(0, I), the report's;
-- ``mixture``: Gaussians per class, fitted by scikit-learn's EM;
-- ``flow``: a conditional masked autoregressive flow (``zuko``; Papamakarios et al. 2017)
-  in coupling form, so that sampling takes two passes per transform, trained by maximum
-  likelihood.
-
-Any of them can be blended with the posteriors of some training images per class
-(``pseudo_inputs``, ``pseudo_weight``): a VampPrior whose pseudo-inputs are real digits. Its
-draws decode like reconstructions, which the fitted densities do not reach (docs/results.md).
-
-Each is fitted to fresh draws z ~ q(z | x, y) of the training images, not to the
-posterior means alone: a density of the means is too narrow for draws of q to score
-well under it. Noise for sampling comes from a CPU generator, so that one seed gives the
-same codes on any device. No Kedro here.
-"""
+"""The CVAE's prior p(z | y), what generation samples from and the likelihood is scored under:
+N(0, I), Gaussians per class or a conditional flow, optionally blended with pseudo-inputs. No Kedro here."""
 
 from __future__ import annotations
 

@@ -1,20 +1,5 @@
-"""Training on several processes launched by ``torchrun``. No Kedro here.
-
-``torchrun --nproc_per_node N -m cvae_mnist run ...`` starts N copies of the command. Rank 0
-runs the Kedro pipeline as ``kedro run`` would, alone: it alone reads and writes files,
-checkpoints, figures and MLflow records, and runs the evaluation. The other ranks run no
-Kedro at all; they serve rank 0's training node (:func:`serve`): when it trains, it sends
-them the parameters, the data and any checkpoint to resume from (:func:`send_training`),
-and all N processes train one model with ``DistributedDataParallel``, each on its share
-of every batch. Without torchrun (``WORLD_SIZE`` unset) :func:`current` is one process
-and none of this runs.
-
-Every rank holds the whole data and draws the same random numbers: the shuffled order, the
-latent noise and the augmentation of each *global* batch (``N x training.batch_size``
-images), of which each rank takes its contiguous slice (:meth:`World.share`). N processes
-therefore compute what one process computes with the global batch, up to the order of
-floating-point sums and, on the CPU, batch norm's per-rank statistics.
-"""
+"""Training on several processes launched by ``torchrun``: joining the job, and the messages
+and tensors between its processes (docs/architecture.md). No Kedro here."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""The training recipes: the CVAE's (its objective, the engine set up for it, training on one
-process or on every process of a torchrun job) and the digit classifier's. No Kedro here.
-
-:func:`fit_cvae` builds a CVAE from a seed and trains it with ``cvae_mnist.engine.trainer``. Under
-torchrun, rank 0 calls it and the other ranks, waiting in ``cvae_mnist.engine.worker``, are sent
-the same arguments; every process then runs :func:`train_rank` on its share of each batch.
-"""
+"""The training recipes: the CVAE's (its objective, on one process or on each torchrun
+process) and the digit classifier's. No Kedro here."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""The training engine: batches, the optimisation loop, checkpoints and resume. No Kedro here.
-
-A :class:`Trainer` takes Adam steps on an objective ``(model, images, labels, step) ->
-{"loss": ..., other terms}``; :func:`fit` runs the epochs, scores the test set after each,
-and writes and resumes checkpoints. It trains both networks of the project: the CVAE
-(``cvae_mnist.engine.recipe``) and the digit classifier (``cvae_mnist.core.classifier``).
-"""
+"""The training engine: Adam steps on any objective, epochs, test scores, checkpoints and
+resume; it trains the CVAE and the digit classifier alike. No Kedro here."""
 
 from __future__ import annotations
 

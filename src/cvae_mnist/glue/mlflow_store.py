@@ -70,19 +70,11 @@ def check_store_location(tracking_uri: str, experiment: str, project: Path) -> N
 def check_server(
     uri: str, experiment: str, credentials: dict[str, str] | None = None, timeout: float = 10.0
 ) -> None:
-    """Stop the run before any work if a tracking server cannot be reached or refuses the
-    credentials (MLflow itself would retry for minutes, then fail in the middle of the run).
-    The question is MLflow's client's own, with the credentials kedro-mlflow will export
-    (``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or ``TOKEN``), one try and ``timeout``.
-
-    Args:
-        uri: ``server.mlflow_tracking_uri``; anything but http(s) is left alone.
-        experiment: The experiment's name, looked up to try the credentials.
-        credentials: The ``credentials.yml`` entry named by ``server.credentials``.
-
-    Raises:
-        ConfigurationError: Naming the server (without its credentials) and what to do.
-    """
+    """Stop the run before any work if the tracking server at ``uri`` (http or https) cannot be
+    reached or refuses the ``credentials`` (the ``credentials.yml`` entry ``server.credentials``
+    names): MLflow itself would retry for minutes, then fail in the middle of the run. The
+    question is MLflow's client's own, with the credentials kedro-mlflow will export, one try
+    and ``timeout``; the :class:`ConfigurationError` names the server without its credentials."""
     if not uri.startswith(("http://", "https://")):
         return
     shown = redacted(uri)

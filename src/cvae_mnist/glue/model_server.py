@@ -1,9 +1,5 @@
-"""Serve a logged CVAE generator over HTTP (``make serve``): MLflow's own scoring server, the
-same ``/invocations`` API as ``mlflow models serve``, behind a guard that answers in one line
-what that server would answer with a bare 500 or only after reading everything: a request
-that is not JSON, a body over ``BODY_LIMIT`` (refused before it is read in full), JSON nested
-too deeply. It also bounds each request's time (``REQUEST_SECONDS``, through MLflow's own
-``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``) and how many requests generate at once.
+"""Serve a logged CVAE generator over HTTP (``make serve``): MLflow's own scoring server behind
+a guard that answers bad requests in one line and bounds each request's time and company.
 
     python -m cvae_mnist.glue.model_server [MODEL_URI] [--host 127.0.0.1] [--port 5001]
 """

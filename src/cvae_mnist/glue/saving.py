@@ -1,8 +1,4 @@
-"""Files of tensors and models: atomic writes, reads that cannot run code, clear errors. No Kedro.
-
-The datasets of ``cvae_mnist.datasets`` and the served model both read and write through
-these functions.
-"""
+"""Files of tensors and models: atomic writes, reads that cannot run code, clear errors. No Kedro."""
 
 from __future__ import annotations
 

@@ -1,17 +1,5 @@
-"""The trained CVAE as an MLflow pyfunc model that generates digits on request.
-
-Input rows ``{digit, n_samples, seed}`` (seed optional); output, per row, ``n_samples``
-images of 28x28 floats in [0, 1]. MLflow derives the model's signature from the type
-hints of ``predict`` and validates every row against ``GenerationRequest`` before
-``predict`` runs, so a bad request gets a 400 answer naming the field.
-
-The model is logged "from code" (``cvae_mnist/glue/served_model.py``, see
-``cvae_mnist.datasets.GeneratorModelDataset``): loading it imports this module and reads
-the weights from the logged ``cvae.pt`` with ``weights_only=True``, so no pickle runs.
-A request may ask for at most ``MAX_IMAGES_PER_REQUEST`` images in all and stops after
-``REQUEST_SECONDS``, which bounds the server's memory and time per request; errors are
-answered with a message, never a stack trace.
-"""
+"""The trained CVAE as an MLflow pyfunc model that generates digits on request, its rows
+validated by MLflow against :class:`GenerationRequest` and its weights read without pickle."""
 
 from __future__ import annotations
 

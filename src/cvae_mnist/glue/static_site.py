@@ -1,11 +1,7 @@
-"""Serve the static Kedro-Viz site that `kedro viz build` writes, as a static host would.
+"""Serve the static Kedro-Viz site of `kedro viz build` as a static host would: a view's address
+with no file behind it gets the app page (``404.html``), where ``python -m http.server`` says 404.
 
     python -m cvae_mnist.glue.static_site [folder] [--port 4142]     # make viz-build serves ./build
-
-The site is a single-page app: its views (``/workflow``, a link with a selected node) are
-addresses with no file behind them, which a plain ``python -m http.server`` answers with
-404 on a reload. Static hosts answer them with the site's ``404.html``, which Kedro-Viz
-writes as a copy of its app page; this server does the same. No Kedro here.
 """
 
 from __future__ import annotations

@@ -1,14 +1,5 @@
-"""MLflow tracking of the project's runs, through kedro-mlflow.
-
-``MlflowTrackingHook`` is kedro-mlflow's hook (its plugin registration is disabled in
-``settings.py``) with what a team reading the runs needs: typed parameter sections logged
-field by field; runs named by environment, pipeline and time and tagged with the git
-commit; no absolute paths or object reprs in tags; a failed run tagged with its error and
-an interrupted one (Ctrl-C, SIGTERM) marked KILLED; node timings as one artifact instead of
-a chart each; the test metrics logged on the model they score; and, after a full default
-run, the model registered as ``cvae_generator`` with the alias ``champion`` that
-``make serve`` serves.
-"""
+"""MLflow tracking of the project's runs: kedro-mlflow's hook with typed parameters, readable
+run names and tags, failed and killed runs marked, live epoch metrics and the registered model."""
 
 from __future__ import annotations
 

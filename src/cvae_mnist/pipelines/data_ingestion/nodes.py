@@ -31,17 +31,9 @@ def _decode_split(raw: dict[str, bytes], prefix: str, limit: int | None) -> Spli
 
 
 def decode_mnist(mnist_raw: dict[str, bytes], data_ingestion: IngestionParams) -> tuple[Split, Split]:
-    """Decode the raw IDX files into the train and test sets.
-
-    Args:
-        mnist_raw: The four raw IDX files' bytes, by file name.
-        data_ingestion: The ``data_ingestion`` parameters (optional ``n_train``/``n_test``
-            limits that keep the first images of a split).
-
-    Returns:
-        The train and test sets, each ``{"images": float32 [N, 1, 28, 28] in [0, 1],
-        "labels": int64 [N]}``.
-    """
+    """The raw IDX files' bytes decoded into the train and test sets, each
+    ``{"images": float32 [N, 1, 28, 28] in [0, 1], "labels": int64 [N]}``, cut to the first
+    ``data_ingestion.n_train`` / ``n_test`` images where those are set."""
     return (
         _decode_split(mnist_raw, "train", data_ingestion.n_train),
         _decode_split(mnist_raw, "t10k", data_ingestion.n_test),

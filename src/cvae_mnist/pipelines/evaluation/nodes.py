@@ -30,18 +30,9 @@ SWAP_COLUMNS = ("label_swap_accuracy",)
 
 
 def reconstruct_test_set(cvae_model: CVAE, mnist_test: Split, evaluation: EvaluationParams) -> Split:
-    """Reconstruct every test image from its posterior mean ``mu`` (not a sample of z, so
-    that the metrics do not depend on a random draw).
-
-    Args:
-        cvae_model: The trained model.
-        mnist_test: Test set, ``{"images", "labels"}``.
-        evaluation: The ``evaluation`` parameters (batch size, device).
-
-    Returns:
-        ``{"images": [N, 1, 28, 28] in [0, 1], "bce": [N]}``: each reconstruction and its
-        BCE in nats, summed over pixels.
-    """
+    """Each test image reconstructed from its posterior mean ``mu`` (not a draw of z, so that the
+    metrics do not depend on one): ``{"images": [N, 1, 28, 28] in [0, 1], "bce": [N]}``, the BCE
+    in nats summed over pixels."""
     images = mnist_test["images"]
     device = select_device(evaluation.device)
     logits = reconstruct(
@@ -51,16 +42,8 @@ def reconstruct_test_set(cvae_model: CVAE, mnist_test: Split, evaluation: Evalua
 
 
 def evaluate_reconstructions(test_reconstructions: Split, mnist_test: Split) -> pd.DataFrame:
-    """The report's metrics over the whole test set: BCE and MSE summed over pixels and
-    averaged over images; SSIM and PSNR (scikit-image, ``data_range=1``) averaged over images.
-
-    Args:
-        test_reconstructions: The output of :func:`reconstruct_test_set`.
-        mnist_test: Test set, ``{"images", "labels"}``.
-
-    Returns:
-        One row with the columns ``n_images, bce_per_image, mse_per_image, ssim, psnr``.
-    """
+    """The report's five columns over the test set: BCE and MSE summed over pixels and
+    averaged over images; SSIM and PSNR (scikit-image, ``data_range=1``) averaged over images."""
     real, recon = mnist_test["images"][:, 0].numpy(), test_reconstructions["images"][:, 0].numpy()
     row = {
         "n_images": len(real),
@@ -75,19 +58,9 @@ def evaluate_reconstructions(test_reconstructions: Split, mnist_test: Split) -> 
 def evaluate_likelihood(
     cvae_model: CVAE, mnist_test: Split, evaluation: EvaluationParams, seed: int
 ) -> pd.DataFrame:
-    """Likelihood metrics over the whole test set, in nats per image.
-
-    Args:
-        cvae_model: The trained model.
-        mnist_test: Test set, ``{"images", "labels"}``.
-        evaluation: The ``evaluation`` parameters (``iw_samples``: K draws per image).
-        seed: Seed of the draws of z.
-
-    Returns:
-        One row: ``kl_per_image``, ``neg_elbo_per_image`` (reconstruction averaged over the
-        K draws + KL, beta = 1), ``iw_nll`` (importance-weighted estimate of -log p(x | y)
-        with K draws) and ``iw_samples`` (K).
-    """
+    """Likelihood metrics in nats per image, from ``evaluation.iw_samples`` (K) draws of z per
+    image: ``kl_per_image``, ``neg_elbo_per_image`` (reconstruction averaged over the draws + KL,
+    beta = 1), ``iw_nll`` (the importance-weighted estimate of -log p(x | y)) and ``iw_samples``."""
     terms = likelihood_terms(
         cvae_model,
         mnist_test["images"],
@@ -115,21 +88,10 @@ def get_digit_classifier(
     data_ingestion: IngestionParams,
     evaluation: EvaluationParams,
 ) -> dict[str, Any]:
-    """The judge of generated digits: the saved one if trained with these parameters on as
-    many images on this device type (GPU and CPU judges differ in their last digits), else a
-    new one, saved only if it learned from all training images: trained once (50 s on a CPU)
-    and shared by every run, not retrained in each.
-
-    Args:
-        digit_classifier: Where the classifier is kept.
-        mnist_train, mnist_test: The sets it learns from and is scored on.
-        classifier: The ``classifier`` parameters, with its own seed.
-        data_ingestion: The ``data_ingestion`` parameters: the full data or a subset.
-        evaluation: The ``evaluation`` parameters: the device it trains on.
-
-    Returns:
-        ``{"config", "state_dict", "test_accuracy"}``.
-    """
+    """The judge of generated digits, ``{"config", "state_dict", "test_accuracy"}``: the saved
+    one if trained with these parameters on as many images on this device type (GPU and CPU
+    judges differ in their last digits), else a new one, saved only if it learned from all
+    training images: trained once (50 s on a CPU) and shared by every run, not retrained in each."""
     device = select_device(evaluation.device)
     config = {**classifier.model_dump(), "n_train": len(mnist_train["labels"]), "device": device.type}
     if digit_classifier.exists() and (saved := digit_classifier.read()).get("config") == config:
@@ -157,24 +119,14 @@ def evaluate_generation(
     evaluation: EvaluationParams,
     seed: int,
 ) -> pd.DataFrame:
-    """How well the model generates the digit asked for, and how real its digits look:
-    ``samples_per_class`` digits per class, from ``inference.generate`` (as every generator).
-
-    Args:
-        cvae_model: The trained model.
-        trained_digit_classifier: The output of :func:`get_digit_classifier`.
-        mnist_train: Training set (its first test-set-sized slice is the FID reference).
-        mnist_test: Test set.
-        evaluation: The ``evaluation`` parameters.
-        seed: Seed of the latent samples.
-
-    Returns:
-        One row: ``cond_accuracy`` (share classified as the requested digit), ``fid`` and
-        ``fid_reference`` (Fréchet distance of the classifier's features, generated or
-        training vs test images; the latter is the floor), ``classifier_accuracy`` and
-        ``nearest_train_ratio`` (generated digits' median distance to their nearest training
-        digit over the same for test digits; near 0: copies, which ``fid`` does not see).
-    """
+    """How well the model draws the digit asked for, and how real its digits look, from
+    ``evaluation.samples_per_class`` digits per class (``inference.generate``, as every generator):
+    ``cond_accuracy`` (the share the judge reads as the digit asked for); ``fid`` and
+    ``fid_reference`` (Fréchet distance of the judge's features, generated or training vs test
+    images: the latter is the floor); ``classifier_accuracy``; ``nearest_train_ratio`` (generated
+    digits' median distance to their nearest training digit over the same for test digits; near
+    0: copies, which ``fid`` does not see). The FID reference is the training set's first
+    test-set-sized slice."""
     judge, device = _judge(trained_digit_classifier), select_device(evaluation.device)
     requested = torch.arange(cvae_model.config.num_classes).repeat_interleave(evaluation.samples_per_class)
     generated = generate(cvae_model, requested, seed, device, description="generating")
@@ -206,24 +158,11 @@ def evaluate_label_swap(
     mnist_test: Split,
     evaluation: EvaluationParams,
 ) -> pd.DataFrame:
-    """Whether the label decides the digit: each test image's posterior mean ``mu(x, y)``
-    decoded under another label ``t`` and read by the digit classifier.
-
-    Image ``i`` is decoded under ``t = (y + 1 + i mod 9) mod 10``, so that over the test set
-    each of the nine other labels is asked equally often: one decode per image. On the
-    default model this gave 0.9625, as did every image under all nine labels (9 times the
-    cost; docs/results.md).
-
-    Args:
-        cvae_model: The trained model.
-        trained_digit_classifier: The output of :func:`get_digit_classifier`.
-        mnist_test: Test set, ``{"images", "labels"}``.
-        evaluation: The ``evaluation`` parameters (batch size, device).
-
-    Returns:
-        One row: ``label_swap_accuracy``, the share of ``decode(mu(x, y), t)``, ``t != y``,
-        read as ``t``; near ``1 / num_classes`` or below when the decoder ignores the label.
-    """
+    """Whether the label decides the digit: the share of ``decode(mu(x, y), t)``, ``t != y``,
+    that the judge reads as ``t`` (near ``1 / num_classes`` or below when the decoder ignores the
+    label). Image ``i`` is decoded under ``t = (y + 1 + i mod 9) mod 10``: each of the nine other
+    labels equally often, one decode per image. On the default model this gave 0.9625, as did
+    every image under all nine labels at 9 times the cost (docs/results.md)."""
     judge, device, k = _judge(trained_digit_classifier), select_device(evaluation.device), DIGITS
     images, labels = mnist_test["images"], mnist_test["labels"]
     mu, _ = encode(cvae_model, images, labels, evaluation.batch_size, device, "label swaps")
@@ -240,25 +179,11 @@ def _judge(trained_digit_classifier: dict[str, Any]) -> DigitClassifier:
 
 
 def assemble_metrics(*tables: pd.DataFrame) -> pd.DataFrame:
-    """The metrics table: the report's five columns first, then ours.
-
-    Args:
-        *tables: One-row tables: reconstruction, likelihood and generation metrics.
-
-    Returns:
-        One row with all columns.
-    """
+    """The metrics table in one row: the report's five columns first, then ours."""
     return pd.concat(tables, axis=1)
 
 
 def metrics_to_mlflow(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Turn the metrics table's single row into MLflow metrics (step 0).
-
-    Args:
-        metrics: The output of :func:`assemble_metrics`.
-
-    Returns:
-        ``{column: {"step": 0, "value": value}}``.
-    """
+    """The metrics table's row as MLflow metrics, ``{column: {"step": 0, "value": value}}``."""
     (row,) = metrics.to_dict(orient="records")
     return {key: {"step": 0, "value": float(value)} for key, value in row.items()}

@@ -15,15 +15,8 @@ from cvae_mnist.params import GenerationParams
 
 
 def generate_digits(cvae_model: CVAE, generation: GenerationParams) -> dict[str, Any]:
-    """Decode ``n_samples`` prior samples for the requested digit, or for every digit.
-
-    Args:
-        cvae_model: The trained model.
-        generation: The ``generation`` parameters: ``digit`` (null = 0-9), ``n_samples``, ``seed``.
-
-    Returns:
-        ``{"images": float32 [N, 28, 28] in [0, 1], "labels": int64 [N], "seed": int}``.
-    """
+    """``generation.n_samples`` prior samples decoded for ``generation.digit`` (null: every digit):
+    ``{"images": float32 [N, 28, 28] in [0, 1], "labels": int64 [N], "seed": int}``."""
     digits = (
         [generation.digit] if generation.digit is not None else list(range(cvae_model.config.num_classes))
     )
@@ -33,14 +26,7 @@ def generate_digits(cvae_model: CVAE, generation: GenerationParams) -> dict[str,
 
 
 def plot_generated(generated_digits: dict[str, Any]) -> Figure:
-    """One row per requested digit, or a block of rows for a single digit.
-
-    Args:
-        generated_digits: The output of :func:`generate_digits`.
-
-    Returns:
-        The figure.
-    """
+    """One row per requested digit, or a block of rows for a single digit."""
     labels = generated_digits["labels"]
     digits = labels.unique().tolist()
     per_digit = len(labels) // len(digits)

@@ -28,16 +28,8 @@ def _first_of_each_class(labels: torch.Tensor, num_classes: int, count: int) -> 
 def plot_reconstructions(
     test_reconstructions: Split, mnist_test: Split, evaluation: EvaluationParams
 ) -> Figure:
-    """The report's Figure 1: test digits of every class, each above its reconstruction.
-
-    Args:
-        test_reconstructions: The output of :func:`reconstruct_test_set`.
-        mnist_test: Test set, ``{"images", "labels"}``.
-        evaluation: The ``evaluation`` parameters (``images_per_class`` pairs per class).
-
-    Returns:
-        A figure with one column per class and alternating rows: real, reconstructed.
-    """
+    """The report's Figure 1: ``evaluation.images_per_class`` test digits of every class, one
+    column per class, each above its reconstruction."""
     index = _first_of_each_class(mnist_test["labels"], DIGITS, evaluation.images_per_class)
     present = index >= 0
     real = torch.zeros(*index.shape, *mnist_test["images"].shape[1:])
@@ -51,16 +43,8 @@ def plot_reconstructions(
 
 
 def plot_generated_digits(cvae_model: CVAE, evaluation: EvaluationParams, seed: int) -> Figure:
-    """A grid of digits generated from the prior: one row per class.
-
-    Args:
-        cvae_model: The trained model.
-        evaluation: The ``evaluation`` parameters (``generated_per_class`` digits per row).
-        seed: Seed of the latent samples.
-
-    Returns:
-        The figure.
-    """
+    """A grid of digits generated from the prior: one row per class, ``evaluation.generated_per_class``
+    digits per row."""
     columns = evaluation.generated_per_class
     labels = torch.arange(cvae_model.config.num_classes).repeat_interleave(columns)
     images = generate(cvae_model, labels, seed, select_device(evaluation.device))
@@ -70,20 +54,9 @@ def plot_generated_digits(cvae_model: CVAE, evaluation: EvaluationParams, seed: 
 
 
 def plot_latent_interpolation(cvae_model: CVAE, mnist_test: Split, evaluation: EvaluationParams) -> Figure:
-    """Walk in latent space between two test digits of the same class, one row per class.
-
-    Each row: the first test digit, the decoded points of the straight line between the
-    two digits' posterior means (``interpolation_steps`` of them, ends included), the
-    second test digit.
-
-    Args:
-        cvae_model: The trained model.
-        mnist_test: Test set, ``{"images", "labels"}``.
-        evaluation: The ``evaluation`` parameters.
-
-    Returns:
-        The figure.
-    """
+    """Walks in latent space, one row per class: a test digit, the decoded points of the straight
+    line between its posterior mean and that of another test digit of its class
+    (``interpolation_steps`` of them, ends included), the other digit."""
     device, steps, batch = (
         select_device(evaluation.device),
         evaluation.interpolation_steps,
@@ -111,21 +84,9 @@ def plot_latent_interpolation(cvae_model: CVAE, mnist_test: Split, evaluation: E
 def plot_label_swap(
     cvae_model: CVAE, mnist_test: Split, evaluation: EvaluationParams, label_swap_metrics: pd.DataFrame
 ) -> Figure:
-    """One latent vector decoded under each of the labels: the style stays, the class changes.
-
-    Each row: a test digit, then its posterior mean decoded under label 0, 1, ..., 9. The
-    title gives ``label_swap_accuracy``: a decoder that ignores the label repeats the test
-    digit along its row.
-
-    Args:
-        cvae_model: The trained model.
-        mnist_test: Test set, ``{"images", "labels"}``.
-        evaluation: The ``evaluation`` parameters.
-        label_swap_metrics: The output of :func:`evaluate_label_swap`.
-
-    Returns:
-        The figure, its columns labelled with the label each decodes under.
-    """
+    """One code decoded under each label: the style stays, the class changes. Each row: a test
+    digit, then its posterior mean decoded under label 0, 1, ..., 9; a decoder that ignores the
+    label repeats the test digit along its row. The title gives ``label_swap_accuracy``."""
     device, k = select_device(evaluation.device), cvae_model.config.num_classes
     index = _first_of_each_class(mnist_test["labels"], k, 1)[0]
     index = index[index >= 0]
@@ -149,16 +110,8 @@ def plot_label_swap(
 def plot_worst_reconstructions(
     test_reconstructions: Split, mnist_test: Split, evaluation: EvaluationParams
 ) -> Figure:
-    """The test digits the model reconstructs worst (highest BCE), each above its reconstruction.
-
-    Args:
-        test_reconstructions: The output of :func:`reconstruct_test_set`.
-        mnist_test: Test set, ``{"images", "labels"}``.
-        evaluation: The ``evaluation`` parameters (``worst_examples`` digits).
-
-    Returns:
-        The figure; each digit's title is its label and BCE in nats.
-    """
+    """The ``evaluation.worst_examples`` test digits reconstructed worst (highest BCE), each above
+    its reconstruction and titled with its label and BCE in nats."""
     bce = test_reconstructions["bce"]
     worst = bce.argsort(descending=True)[: evaluation.worst_examples].tolist()
     figure, axes = figure_with_axes(2, len(worst), figsize=(len(worst) * 0.9 + 0.4, 2.6), squeeze=False)
@@ -172,15 +125,8 @@ def plot_worst_reconstructions(
 
 
 def plot_training_curves(training_history: History, training: TrainingParams) -> Figure:
-    """The training objective and its two terms per epoch, on the training and test sets.
-
-    Args:
-        training_history: The training pipeline's per-epoch history.
-        training: The ``training`` parameters: the loss, beta and schedule named on the figure.
-
-    Returns:
-        The figure, one panel per term, all in nats per image.
-    """
+    """The training objective and its two terms per epoch, training and test sets, one panel per
+    term in nats per image; the loss, beta and schedule (``training``) named on the figure."""
     epochs = np.asarray(training_history["epoch"])
     figure, axes = figure_with_axes(1, 3, figsize=(12, 4))
     loss = training.loss.upper()

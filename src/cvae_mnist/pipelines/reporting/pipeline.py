@@ -1,8 +1,5 @@
-"""The reporting pipeline: the figures, each into ``<name>_figure``.
-
-``kedro run --pipeline reporting`` redraws them from the saved model and metrics; the
-evaluation pipeline includes it.
-"""
+"""The reporting pipeline: the figures (``kedro run --pipeline reporting`` redraws them; the
+evaluation pipeline includes it)."""
 
 from kedro.pipeline import Pipeline, node
 

@@ -26,20 +26,12 @@ def train_cvae(
     training: TrainingParams,
     seed: int,
 ) -> tuple[CVAE, History]:
-    """Train the CVAE, scoring the test set and writing a checkpoint after every epoch.
-
-    Args:
-        mnist_train: Training set, ``{"images", "labels"}``.
-        mnist_test: Test set, same layout.
-        training_checkpoint: Where the checkpoint is written and, with ``training.resume``,
-            read from.
-        model: The ``model`` parameters.
-        training: The ``training`` parameters.
-        seed: Seed of every random source (initial weights, shuffling, z samples).
+    """Train the CVAE, scoring the test set and writing ``training_checkpoint`` after every epoch
+    (and, with ``training.resume``, continuing from it); ``seed`` seeds every random source.
 
     Returns:
-        The trained model (on the CPU, prior N(0, I) until :func:`fit_prior`) and its per-epoch history
-        (``epoch``, ``seconds``, ``train_*`` and ``test_*`` of loss, reconstruction and kl).
+        The trained model (on the CPU, prior N(0, I) until :func:`fit_prior`) and its per-epoch
+        history (``epoch``, ``seconds``, ``train_*`` and ``test_*`` of loss, reconstruction and kl).
     """
     return fit_cvae(model, mnist_train, mnist_test, training, seed, training_checkpoint)
 
@@ -47,23 +39,13 @@ def train_cvae(
 def fit_prior(
     trained_cvae: CVAE, mnist_train: Split, prior: PriorParams, training: TrainingParams, seed: int
 ) -> tuple[CVAE, dict[str, list[dict[str, float]]]]:
-    """Give the trained model its prior p(z | y), fitted to the encoded training set.
-
-    A ``mixture`` or a ``flow`` is fitted to draws of the training images' posteriors
-    (:func:`cvae_mnist.core.prior_fitting.fit_prior`), and ``pseudo_inputs`` training images per class
-    lend it their posteriors; a ``standard_normal`` alone needs no fitting. Every generator
-    samples from this prior.
-
-    Args:
-        trained_cvae: The trained model.
-        mnist_train: Training set, ``{"images", "labels"}``.
-        prior: The ``prior`` parameters.
-        training: The ``training`` parameters (device, ``test_batch_size``).
-        seed: Seed of the draws and of the fit.
+    """Give the trained model its prior p(z | y), which every generator samples from: a
+    ``mixture`` or ``flow`` fitted to draws of the training images' posteriors, blended with
+    those of ``pseudo_inputs`` training images per class; a ``standard_normal`` alone needs no fit.
 
     Returns:
-        The model with its prior, and the fit's curve as MLflow metric histories
-        (``nll``: a flow's per epoch, a mixture's per class; empty for N(0, I)).
+        The model with its prior, and the fit's curve as MLflow metric histories (``nll``: a
+        flow's per epoch, a mixture's per class; empty for N(0, I)).
     """
     model = copy.deepcopy(trained_cvae).with_prior(prior)
     if prior.kind == "standard_normal" and prior.pseudo_inputs == 0:
@@ -84,13 +66,6 @@ def fit_prior(
 
 
 def build_generator(cvae_model: CVAE) -> CVAE:
-    """Hand the trained model to ``cvae_generator``, which logs it to the MLflow run as the
-    servable pyfunc model of ``cvae_mnist.glue.serving``.
-
-    Args:
-        cvae_model: The trained model, with its prior.
-
-    Returns:
-        The same model.
-    """
+    """The trained model, handed to ``cvae_generator``, which logs it to the MLflow run as the
+    servable pyfunc model of ``cvae_mnist.glue.serving``."""
     return cvae_model

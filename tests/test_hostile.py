@@ -20,10 +20,10 @@ from click.testing import CliRunner
 from kedro.framework.startup import bootstrap_project
 from kedro.io import DatasetError
 
-from cvae_mnist.cli import cli
+from cvae_mnist.cli import cli, user_error
 from cvae_mnist.core.model import CVAE
 from cvae_mnist.datasets import CVAEDataset, torch_dataset
-from cvae_mnist.errors import RunInterrupted
+from cvae_mnist.errors import ConfigurationError, RunInterrupted
 from cvae_mnist.glue.hooks import lock_paths
 from cvae_mnist.glue.saving import write_tensors
 from cvae_mnist.params import ModelParams
@@ -274,6 +274,28 @@ def test_a_configuration_file_kedro_cannot_use_is_one_line(project, monkeypatch,
         extra.unlink()
     assert result.exit_code == 1 and message in result.output, result.output[-3000:]
     assert "Traceback" not in result.output and result.output.strip().splitlines()[-1].startswith("Error:")
+
+
+def test_only_a_catalog_entry_kedro_cannot_build_is_a_users_mistake():
+    """Known by the chain of causes, not by Kedro's wording: a DatasetError over DatasetErrors
+    only is a catalog entry Kedro could not build; one over another exception is a dataset
+    failing at its work, a bug that keeps its traceback."""
+    try:
+        try:
+            raise DatasetError("Class 'pandas.NoSuch' not found")
+        except DatasetError as inner:
+            raise DatasetError("wording Kedro may change") from inner
+    except DatasetError as error:
+        unbuildable = error
+    assert isinstance(user_error(unbuildable), ConfigurationError)
+    try:
+        try:
+            raise KeyError("images")
+        except KeyError as inner:
+            raise DatasetError("Failed while loading data from dataset") from inner
+    except DatasetError as error:
+        failing = error
+    assert user_error(failing) is None
 
 
 @pytest.mark.parametrize("damage", ["not a database", "read-only"])

@@ -34,24 +34,15 @@ def fit_prior(
     seed: int,
     device: torch.device = torch.device("cpu"),
 ) -> list[float]:
-    """Fit ``prior`` in place to draws of the posteriors of the training images.
-
-    Args:
-        prior: A mixture or a flow (a standard normal has nothing to fit).
-        mu: Posterior means of the training images, ``[N, latent_dim]``, on the CPU.
-        logvar: Their posterior log-variances, same shape.
-        labels: Their classes, ``[N]``.
-        params: The ``prior`` parameters.
-        seed: Seed of the draws, the shuffling and the initialisation.
-        device: Where a flow trains (a mixture is fitted by scikit-learn on the CPU); the
-            draws come from a CPU generator either way. The prior is left on the CPU.
+    """Fit ``prior`` in place to draws of the posteriors ``(mu, logvar)`` (``[N, latent_dim]``, on
+    the CPU) of the training images of classes ``labels``; ``seed`` seeds the draws, the
+    shuffling and the initialisation. A flow trains on ``device``, a mixture with scikit-learn on
+    the CPU; the draws come from a CPU generator either way, and the prior is left on the CPU.
 
     Returns:
         The flow's mean negative log-likelihood per code after each epoch (nats), or the
-        mixtures' per class; empty for a standard normal.
-
-    Raises:
-        ValueError: If a class has too few images for a mixture's components.
+        mixtures' per class; empty for a standard normal. A class with too few images for a
+        mixture's components raises ``ValueError``.
     """
     if isinstance(prior, BlendedPrior):
         _pick_pseudo_inputs(prior.pseudo, mu, logvar, labels, seed)

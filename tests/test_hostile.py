@@ -276,26 +276,24 @@ def test_a_configuration_file_kedro_cannot_use_is_one_line(project, monkeypatch,
     assert "Traceback" not in result.output and result.output.strip().splitlines()[-1].startswith("Error:")
 
 
+def _raised_from(cause: Exception) -> DatasetError:
+    """A DatasetError raised while ``cause`` was handled, as Kedro wraps one."""
+    try:
+        try:
+            raise cause
+        except Exception as inner:
+            raise DatasetError("wording Kedro may change") from inner
+    except DatasetError as error:
+        return error
+
+
 def test_only_a_catalog_entry_kedro_cannot_build_is_a_users_mistake():
     """Known by the chain of causes, not by Kedro's wording: a DatasetError over DatasetErrors
     only is a catalog entry Kedro could not build; one over another exception is a dataset
     failing at its work, a bug that keeps its traceback."""
-    try:
-        try:
-            raise DatasetError("Class 'pandas.NoSuch' not found")
-        except DatasetError as inner:
-            raise DatasetError("wording Kedro may change") from inner
-    except DatasetError as error:
-        unbuildable = error
+    unbuildable = _raised_from(DatasetError("Class 'pandas.NoSuch' not found"))
     assert isinstance(user_error(unbuildable), ConfigurationError)
-    try:
-        try:
-            raise KeyError("images")
-        except KeyError as inner:
-            raise DatasetError("Failed while loading data from dataset") from inner
-    except DatasetError as error:
-        failing = error
-    assert user_error(failing) is None
+    assert user_error(_raised_from(KeyError("images"))) is None
 
 
 @pytest.mark.parametrize("damage", ["not a database", "read-only"])

@@ -46,9 +46,8 @@ def user_error(error: BaseException) -> CvaeMnistError | None:
     while cause is not None and id(cause) not in seen:
         if isinstance(cause, ParameterValidationError):  # ParametersHook names the key first; this
             return ParameterError(" ".join(str(cause).split()))  # is a hint no model of ours covers
-        if isinstance(
-            cause, yaml.YAMLError | BadConfigException | MissingConfigException
-        ) or _catalog_mistake(cause):
+        unreadable = isinstance(cause, yaml.YAMLError | BadConfigException | MissingConfigException)
+        if unreadable or _catalog_mistake(cause):
             return ConfigurationError(" ".join(str(cause).split()))
         if isinstance(cause, sqlalchemy.exc.DatabaseError):  # MLflow's SQL store: damaged, read-only, locked
             return ConfigurationError(

@@ -19,7 +19,7 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 
 from cvae_mnist.errors import DataError, redacted
-from cvae_mnist.glue.saving import atomic_path
+from cvae_mnist.glue.saving import atomic_path, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +29,6 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-
-
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @contextmanager

@@ -3,7 +3,6 @@ what the parameters and its sources ask for. No Kedro here."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -12,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from cvae_mnist.glue.saving import atomic_path
+from cvae_mnist.glue.saving import atomic_path, sha256_of
 
 SUFFIX = ".lineage.json"
 # settings that change where or how fast a run computes, not what it computes
@@ -47,9 +46,7 @@ def signature(path: Path, known: Mapping[str, Any] | None = None) -> dict[str, A
     stat = path.stat()
     if known and known.get("size") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns:
         return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": known["sha256"]}
-    with open(path, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_of(path)}
 
 
 def record_path(path: Path) -> Path:
